@@ -1,0 +1,268 @@
+"""The ``unlearn`` command line: a thin layer over :mod:`unlearn.api`.
+
+Bad input (anything raising :class:`UnlearnError`) prints one line, ``error: ...``, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .errors import UnlearnError
+
+PCT = "(a fraction such as 0.05 or a percentage such as 5%)"
+
+
+def _fraction(value: str | None, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise UnlearnError(f"{flag} expects a fraction or percentage, got {value!r}") from None
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+class _Command(click.Command):
+    """Turn usage errors and UnlearnError into one line and exit code 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _fail("aborted")
+        except click.ClickException as exc:
+            _fail(exc.format_message().replace("\n", " "))
+        except UnlearnError as exc:
+            _fail(str(exc).replace("\n", " "))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message().replace("\n", " "))
+        except UnlearnError as exc:
+            _fail(str(exc).replace("\n", " "))
+        except KeyboardInterrupt:
+            _fail("interrupted")
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="unlearn-lm", prog_name="unlearn")
+def main():
+    """Make a causal language model forget — a capability, a body of knowledge or specific data — and prove it.
+
+    \b
+    unlearn run        unlearn (defaults: forget Python code, keep English prose, on the bundled SmolLM2-135M)
+    unlearn eval       next-token metrics of any model on any corpus
+    unlearn methods    the registered unlearning methods and their parameters
+    """
+
+
+def _set(d: dict, key: str, value) -> None:
+    if value is not None:
+        d[key] = value
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(), help="YAML file of settings; flags override it.")
+@click.option("--model", help="smollm2-135m (bundled, default), a checkpoint folder, a .gguf file or a hub id.")
+@click.option("--forget", help="Forget corpus: file, folder, glob, python-stdlib (default), english-prose or hf:NAME.")
+@click.option("--retain", help="Retain corpus: same forms as --forget (default english-prose).")
+@click.option("--forget-field", "forget_fields", multiple=True, help="Record field(s) holding forget text (default text).")
+@click.option("--retain-field", "retain_fields", multiple=True, help="Record field(s) holding retain text (default text).")
+@click.option("--method", help="Unlearning method (default selective-pruning); see `unlearn methods`.")
+@click.option("--set", "method_params", multiple=True, metavar="KEY=VALUE",
+              help="Any method parameter, e.g. --set importance=rms (repeatable).")
+@click.option("--importance", type=click.Choice(["freq", "abs", "rms", "std"]), help="Selective pruning: neuron importance (default abs).")
+@click.option("--ff-frac", type=float, help="Selective pruning: fraction of feed-forward neurons pruned per step.")
+@click.option("--attn-frac", type=float, help="Selective pruning: fraction of attention neurons pruned per step.")
+@click.option("--steps", type=int, help="Pruning steps (the most, with a budget).")
+@click.option("--scope", type=click.Choice(["global", "layer"]), help="Rank neurons across all layers or per layer.")
+@click.option("--ablation", type=click.Choice(["zero", "mean"]), help="Set pruned neurons to 0 or their retain mean.")
+@click.option("--collect", type=click.Choice(["every", "once"]), help="Collect statistics before every step or once.")
+@click.option("--max-retain-drop", help=f"Budget: stop before retain drops more than this {PCT}.")
+@click.option("--forget-target-drop", help=f"Stop once forget has dropped this much {PCT}.")
+@click.option("--budget-metric", help="Metric for the budget and target (default top1).")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), help="auto: bf16 on GPU or bf16-capable CPU, else fp32.")
+@click.option("--device", help="auto, cpu or cuda.")
+@click.option("--seq-len", type=int, help="Tokens per chunk (default 256).")
+@click.option("--stats-tokens", type=int, help="Tokens per corpus for statistics (default 4096).")
+@click.option("--eval-tokens", type=int, help="Tokens per corpus for evaluation, disjoint from statistics (default 4096).")
+@click.option("--batch-size", type=int, help="Chunks per forward pass (default 8).")
+@click.option("--seed", type=int, help="Seed for the choice of chunks (default 0).")
+@click.option("--out", "out_dir", help="Folder that receives run folders (default runs).")
+@click.option("--name", help="Run folder name (default: timestamp-method).")
+@click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
+def run(config_file, model, forget, retain, forget_fields, retain_fields, method, method_params, importance, ff_frac,
+        attn_frac, steps, scope, ablation, collect, max_retain_drop, forget_target_drop, budget_metric, dtype, device,
+        seq_len, stats_tokens, eval_tokens, batch_size, seed, out_dir, name, no_save_model, as_json):
+    """Unlearn a corpus from a model and write a run folder (config, metrics, model, manifest).
+
+    With no options: forget Python code (the standard library's source), keep English prose (Python's
+    reference documentation without its code), on the bundled SmolLM2-135M-Instruct, offline on the CPU.
+    """
+    from . import api
+    from .config import load_config_file
+
+    values = load_config_file(config_file) if config_file else {}
+    for key, val in (("model", model), ("method", method), ("dtype", dtype), ("device", device),
+                     ("seq_len", seq_len), ("stats_tokens", stats_tokens), ("eval_tokens", eval_tokens),
+                     ("batch_size", batch_size), ("seed", seed), ("out_dir", out_dir), ("name", name)):
+        _set(values, key, val)
+    for which, source, fields in (("forget", forget, forget_fields), ("retain", retain, retain_fields)):
+        if source is not None or fields:
+            data = dict(values.get(which) or {})
+            _set(data, "source", source)
+            if fields:
+                data["fields"] = list(fields)
+            if "source" not in data:
+                data["source"] = "python-stdlib" if which == "forget" else "english-prose"
+            values[which] = data
+    if no_save_model:
+        values["save_model"] = False
+    mc = dict(values.get("method_config") or {})
+    for key, val in (("importance", importance), ("ff_frac", ff_frac), ("attn_frac", attn_frac), ("steps", steps),
+                     ("scope", scope), ("ablation", ablation)):
+        _set(mc, key, val)
+    if collect:
+        mc["recollect"] = collect == "every"
+    for item in method_params:
+        if "=" not in item:
+            raise UnlearnError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        import yaml
+
+        mc[key.strip()] = yaml.safe_load(raw)
+    if mc:
+        values["method_config"] = mc
+    stop = dict(values.get("stop") or {})
+    _set(stop, "max_retain_drop", _fraction(max_retain_drop, "--max-retain-drop"))
+    _set(stop, "forget_target_drop", _fraction(forget_target_drop, "--forget-target-drop"))
+    _set(stop, "metric", budget_metric)
+    if stop:
+        values["stop"] = stop
+    result = api.run(values, console=_console())
+    if as_json:
+        click.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    else:
+        _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .eval.metrics import relative_drop
+
+    before, after = result.metrics["before"], result.metrics["after"]
+    table = Table(title=f"{result.config.method} on {result.config.model}", title_justify="left")
+    table.add_column("corpus")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    for which in ("forget", "retain"):
+        for metric in ("top1", "top10", "loss"):
+            b, a = before[which][metric], after[which][metric]
+            change = f"{(a - b) / b:+.1%}" if metric == "loss" else f"-{relative_drop(b, a):.1%}".replace("--", "+")
+            table.add_row(f"{which} ({getattr(result.config, which).source})" if metric == "top1" else "",
+                          metric, f"{b:.4f}", f"{a:.4f}", change)
+    console = Console()
+    console.print(table)
+    pruned = result.manifest["pruned_total"]
+    console.print(f"pruned: {pruned['ff']} feed-forward, {pruned['attn']} attention neurons; "
+                  f"stopped: {result.metrics['stop_reason']}", highlight=False)
+    console.print(f"run folder: {result.run_dir}", highlight=False)
+
+
+@main.command("eval")
+@click.option("--model", required=True, help="smollm2-135m, a checkpoint folder (e.g. runs/NAME/model), .gguf file or hub id.")
+@click.option("--data", "data", multiple=True, required=True, help="Corpus to evaluate on (repeatable); same forms as run --forget.")
+@click.option("--field", "fields", multiple=True, help="Record field(s) holding the text (default text).")
+@click.option("--eval-tokens", type=int, default=4096, show_default=True, help="Tokens per corpus.")
+@click.option("--seq-len", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--skip-k", type=int, default=50, show_default=True, help="Skip-k accuracy ignores the k most frequent tokens.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed as a run = the run's evaluation chunks.")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--output", type=click.Path(), help="Also write the metrics to this JSON file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def eval_cmd(model, data, fields, eval_tokens, seq_len, batch_size, skip_k, seed, dtype, device, output, as_json):
+    """Next-token metrics (top-1, top-10, skip-k, loss, perplexity) of a model on one or more corpora."""
+    from . import api
+    from .config import DataConfig
+
+    if eval_tokens < 1 or seq_len < 8 or batch_size < 1 or skip_k < 0:
+        raise UnlearnError("--eval-tokens and --batch-size must be positive, --seq-len at least 8, --skip-k >= 0")
+    specs = [DataConfig(source=d, fields=list(fields) or ["text"]) for d in data]
+    results = api.evaluate(model, specs, eval_tokens=eval_tokens, seq_len=seq_len, batch_size=batch_size,
+                           skip_k=skip_k, seed=seed, dtype=dtype, device=device, console=_console())
+    if output:
+        tmp = f"{output}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"model": model, "results": results}, fh, indent=2)
+        os.replace(tmp, output)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model}", title_justify="left")
+    keys = [k for k in next(iter(results.values())) if k != "n_tokens"] + ["n_tokens"]
+    table.add_column("corpus")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in results.items():
+        table.add_row(name, *[f"{m[k]:.4f}" if isinstance(m[k], float) else str(m[k]) for k in keys])
+    Console().print(table)
+
+
+@main.command("methods")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def methods_cmd(as_json):
+    """List the registered unlearning methods and their parameters (defaults and meaning)."""
+    from . import api
+
+    info = api.methods()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for name, m in info.items():
+        click.echo(f"{name}: {m['summary']}")
+        for key, p in m["parameters"].items():
+            click.echo(f"    {key} = {p['default']!r}  {p['description'] or ''}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The run configuration: one validated object that a YAML file, CLI flags or Python code fill in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .data.sources import DataSpec
+from .errors import UnlearnError
+
+
+class DataConfig(BaseModel):
+    """A corpus: a file, folder, glob, built-in name (python-stdlib, english-prose) or hf:NAME."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    fields: list[str] = Field(default_factory=lambda: ["text"], description="record fields joined as the text")
+    hf_config: str | None = None
+    hf_split: str = "train"
+
+    def spec(self) -> DataSpec:
+        return DataSpec(self.source, tuple(self.fields), self.hf_config, self.hf_split)
+
+    @field_validator("fields")
+    @classmethod
+    def _nonempty(cls, v):
+        if not v or not all(isinstance(f, str) and f for f in v):
+            raise ValueError("fields must be a non-empty list of field names")
+        return v
+
+
+class StopConfig(BaseModel):
+    """Budgeted stopping: stop before retain drops too far, or once forget has dropped far enough."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field("top1", description="metric the budget watches (top1, top10, skip50_top1, ...)")
+    max_retain_drop: float | None = Field(None, gt=0, lt=1, description="largest relative retain drop allowed")
+    forget_target_drop: float | None = Field(None, gt=0, le=1, description="stop once forget dropped this much")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("smollm2-135m", description="alias, checkpoint directory, .gguf file or hub id")
+    dtype: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
+    device: str = "auto"
+    forget: DataConfig = Field(default_factory=lambda: DataConfig(source="python-stdlib"))
+    retain: DataConfig = Field(default_factory=lambda: DataConfig(source="english-prose"))
+    method: str = "selective-pruning"
+    method_config: dict = Field(default_factory=dict, description="parameters of the method (see unlearn methods)")
+    seq_len: int = Field(256, ge=8, le=32768, description="tokens per chunk")
+    stats_tokens: int = Field(4096, ge=1, description="tokens per corpus for the method's statistics/training")
+    eval_tokens: int = Field(4096, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
+    batch_size: int = Field(8, ge=1)
+    skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
+    stop: StopConfig = Field(default_factory=StopConfig)
+    seed: int = 0
+    out_dir: str = "runs"
+    name: str | None = Field(None, description="run folder name (default: timestamp-method)")
+    save_model: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        if v is not None and (not v or "/" in v or "\\" in v or v.startswith(".")):
+            raise ValueError("name must be a plain folder name (no slashes, not starting with '.')")
+        return v
+
+
+def parse_config(values: dict) -> RunConfig:
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise UnlearnError(f"invalid config {where}: {err['msg']}") from exc
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UnlearnError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UnlearnError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UnlearnError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data

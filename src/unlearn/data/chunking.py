@@ -1,0 +1,128 @@
+"""Turn documents into fixed-length token chunks with disjoint *statistics* and *evaluation* splits.
+
+Documents are cut into segments (long files at paragraph breaks), segments are shuffled with the seed (within the first 64 MB of text),
+tokenised in that order and concatenated with a separator token, and the token stream is cut into chunks of
+``seq_len``. The first ``ceil(eval_tokens / seq_len)`` chunks form the evaluation split, the next
+``ceil(stats_tokens / seq_len)`` the statistics split: the two never share a token, and only the one segment
+on the border can contribute to both. Only as many segments are tokenised as the budgets need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UnlearnError
+from .sources import DataSpec, iter_documents
+
+SEGMENT_CHARS = 2000  # ~500 tokens: a chunk draws on a few documents, not one long file
+MAX_READ_CHARS = 64_000_000  # shuffle within the first 64 MB of a huge source
+
+
+@dataclass
+class TokenSplit:
+    """``input_ids`` is [n_chunks, seq_len]; ``special`` marks special tokens (separators, BOS, pad)."""
+
+    input_ids: torch.Tensor
+    special: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self.input_ids), batch_size):
+            yield self.input_ids[i : i + batch_size], self.special[i : i + batch_size]
+
+
+@dataclass
+class Corpus:
+    """A data spec tokenised into an evaluation and a statistics split."""
+
+    name: str
+    spec: DataSpec
+    eval: TokenSplit
+    stats: TokenSplit
+    n_segments: int
+    sha256: str  # of the token ids of both splits (what the run actually saw)
+
+
+def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[str]:
+    """Split a long document at blank lines (or line breaks) into pieces of at most about ``max_chars``."""
+    if len(text) <= max_chars:
+        return [text]
+    pieces, current, size = [], [], 0
+    blocks = text.split("\n\n")
+    for block in blocks:
+        if size and size + len(block) > max_chars:
+            pieces.append("\n\n".join(current))
+            current, size = [], 0
+        current.append(block)
+        size += len(block) + 2
+    if current:
+        pieces.append("\n\n".join(current))
+    return [p for p in pieces if p.strip()]
+
+
+def separator_id(tokenizer) -> int | None:
+    """BOS if the tokenizer starts every text with it, else EOS, else nothing."""
+    probe = tokenizer("a").input_ids
+    if tokenizer.bos_token_id is not None and probe and probe[0] == tokenizer.bos_token_id:
+        return tokenizer.bos_token_id
+    return tokenizer.eos_token_id
+
+
+def special_ids(tokenizer) -> torch.Tensor:
+    ids = set(tokenizer.all_special_ids)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            ids.add(getattr(tokenizer, name))
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def build_corpus(name: str, spec: DataSpec, tokenizer, *, seq_len: int, eval_tokens: int, stats_tokens: int,
+                 seed: int) -> Corpus:
+    """Tokenise just enough of ``spec`` for both budgets; errors name the corpus if it is empty or too short."""
+    if seq_len < 8:
+        raise UnlearnError(f"seq_len must be at least 8, got {seq_len}")
+    n_eval = math.ceil(eval_tokens / seq_len) if eval_tokens > 0 else 0
+    n_stats = math.ceil(stats_tokens / seq_len) if stats_tokens > 0 else 0
+    needed = (n_eval + n_stats) * seq_len
+    segs, read = [], 0
+    for doc_id, text in iter_documents(spec):
+        segs += [(doc_id, s) for s in segments(text) if s.strip()]
+        read += len(text)
+        if read >= MAX_READ_CHARS:
+            break
+    if not segs:
+        raise UnlearnError(f"{name} corpus {spec.describe()} is empty: it has no text")
+    random.Random(seed).shuffle(segs)
+    sep = separator_id(tokenizer)
+    stream: list[int] = []
+    used = 0
+    for _, seg in segs:
+        ids = tokenizer(seg, add_special_tokens=False).input_ids
+        stream += ([sep] if sep is not None else []) + ids
+        used += 1
+        if len(stream) >= needed:
+            break
+    if len(stream) < needed:
+        raise UnlearnError(
+            f"{name} corpus {spec.describe()} is too short: {len(stream)} tokens, but {needed} are needed "
+            f"({n_eval} evaluation + {n_stats} statistics chunks of {seq_len}); lower the token budgets or add text"
+        )
+    ids = torch.tensor(stream[:needed], dtype=torch.long).view(n_eval + n_stats, seq_len)
+    special = torch.isin(ids, special_ids(tokenizer))
+    digest = hashlib.sha256(ids.numpy().tobytes()).hexdigest()
+    return Corpus(
+        name=name,
+        spec=spec,
+        eval=TokenSplit(ids[:n_eval], special[:n_eval]),
+        stats=TokenSplit(ids[n_eval:], special[n_eval:]),
+        n_segments=used,
+        sha256=digest,
+    )

@@ -1,0 +1,208 @@
+"""Where text comes from: files, folders, globs, structured records, built-in corpora and HF datasets.
+
+Every source yields ``(doc_id, text)`` documents lazily, in a fixed order, so a token budget only reads as much
+as it needs. Built-in sources use material that is on every machine with Python:
+
+* ``python-stdlib``: the ``.py`` files of the running Python's standard library (tests and site-packages
+  excluded) — source code, the default *forget* corpus.
+* ``english-prose``: the reference prose of ``pydoc_data/topics.py`` (the text ``help("if")`` shows) with its
+  code blocks, grammar rules and headings removed — the default *retain* corpus.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UnlearnError
+
+BUILTIN = ("python-stdlib", "english-prose")
+STRUCTURED = (".jsonl", ".json", ".csv", ".parquet")
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "__pycache__", "idle_test", "pydoc_data"}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A corpus: ``source`` is a path, glob, built-in name or ``hf:NAME``; ``fields`` picks text from records."""
+
+    source: str
+    fields: tuple[str, ...] = ("text",)
+    hf_config: str | None = None
+    hf_split: str = "train"
+
+    def describe(self) -> str:
+        return self.source if self.fields == ("text",) else f"{self.source} [{','.join(self.fields)}]"
+
+
+def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
+    """Yield ``(doc_id, text)`` for a data spec; raises :class:`UnlearnError` for anything unreadable."""
+    src = spec.source
+    if src == "python-stdlib":
+        yield from _stdlib_code()
+    elif src == "english-prose":
+        yield from _pydoc_prose()
+    elif src.startswith("hf:"):
+        yield from _hf_dataset(src[3:], spec)
+    else:
+        for path in _expand(src):
+            yield from _read_path(path, spec.fields)
+
+
+def _expand(src: str) -> list[Path]:
+    path = Path(src).expanduser()
+    if any(ch in src for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(src), recursive=True) if Path(p).is_file())
+        if not files:
+            raise UnlearnError(f"no files match {src}")
+        return files
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                                p.relative_to(path).parts))
+        if not files:
+            raise UnlearnError(f"data folder {src} has no files")
+        return files
+    if path.is_file():
+        return [path]
+    raise UnlearnError(f"data not found: {src} (use a file, folder, glob, {', '.join(BUILTIN)} or hf:NAME)")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnlearnError(f"{path} is not UTF-8 text (byte {exc.start}): convert it first") from exc
+    except OSError as exc:
+        raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _record_text(rec, fields, where: str) -> str:
+    if not isinstance(rec, dict):
+        raise UnlearnError(f"{where}: expected an object with field {fields[0]!r}, got {type(rec).__name__}")
+    parts = []
+    for field in fields:
+        if field not in rec:
+            raise UnlearnError(f"{where}: missing field {field!r} (has {', '.join(map(str, rec)) or 'none'})")
+        value = rec[field]
+        parts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+    return "\n".join(parts)
+
+
+def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        for i, line in enumerate(_read_text(path).splitlines(), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UnlearnError(f"{path}:{i}: invalid JSON ({exc.msg})") from exc
+                yield f"{path}:{i}", _record_text(rec, fields, f"{path}:{i}")
+    elif suffix == ".json":
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError as exc:
+            raise UnlearnError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
+        records = data if isinstance(data, list) else [data]
+        for i, rec in enumerate(records):
+            yield f"{path}[{i}]", _record_text(rec, fields, f"{path}[{i}]")
+    elif suffix == ".csv":
+        reader = csv.DictReader(_read_text(path).splitlines())
+        for i, rec in enumerate(reader, 2):
+            yield f"{path}:{i}", _record_text(rec, fields, f"{path}:{i}")
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise UnlearnError("reading parquet needs pyarrow: pip install pyarrow") from exc
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises its own hierarchy
+            raise UnlearnError(f"{path}: not a readable parquet file ({exc})".splitlines()[0]) from exc
+        for i, rec in enumerate(rows):
+            yield f"{path}[{i}]", _record_text(rec, fields, f"{path}[{i}]")
+    else:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
+        if b"\0" in raw[:4096]:
+            return  # binary file inside a folder: not text, skip it
+        yield str(path), _read_text(path)
+
+
+def _hf_dataset(name: str, spec: DataSpec) -> Iterator[tuple[str, str]]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise UnlearnError("hf: sources need the datasets package: pip install datasets") from exc
+    try:
+        ds = datasets.load_dataset(name, spec.hf_config, split=spec.hf_split)
+    except Exception as exc:  # noqa: BLE001 - hub, network and format errors all end here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnlearnError(f"could not load dataset {name!r}: {first}") from exc
+    for i, rec in enumerate(ds):
+        yield f"hf:{name}[{i}]", _record_text(rec, spec.fields, f"hf:{name}[{i}]")
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[Path]:
+    """Standard-library ``.py`` files in a fixed order (tests, site-packages and pydoc_data excluded)."""
+    root = stdlib_dir()
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("test"))
+        files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py") and not f.startswith("test_")]
+    return sorted(files)
+
+
+def _stdlib_code() -> Iterator[tuple[str, str]]:
+    root = stdlib_dir()
+    for path in stdlib_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip():
+            yield f"stdlib:{path.relative_to(root)}", text
+
+
+_HEADING_UNDERLINE = re.compile(r"^[*=\-~^\"]{3,}\s*$")
+
+
+def prose_only(text: str) -> str:
+    """Drop reST code blocks (indented lines), grammar rules, doctest lines and heading underlines."""
+    paragraphs, current = [], []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith((" ", "\t")) or _HEADING_UNDERLINE.match(line):
+            if current:
+                paragraphs.append(" ".join(current))
+                current = []
+            continue
+        current.append(line.strip())
+    if current:
+        paragraphs.append(" ".join(current))
+    # keep real sentences: several words, not a heading or a lone label
+    kept = [p for p in paragraphs if len(p.split()) >= 8 and not p.rstrip().endswith("::")]
+    return "\n\n".join(kept)
+
+
+def _pydoc_prose() -> Iterator[tuple[str, str]]:
+    path = stdlib_dir() / "pydoc_data" / "topics.py"
+    if not path.is_file():
+        raise UnlearnError(f"built-in source english-prose needs {path}, which this Python lacks")
+    namespace: dict = {}
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)  # a plain dict literal
+    for key in sorted(namespace["topics"]):
+        text = prose_only(namespace["topics"][key])
+        if text:
+            yield f"pydoc:{key}", text

@@ -1,0 +1,60 @@
+"""A registry of unlearning methods keyed by name; each has a pydantic config class and one ``run`` function.
+
+Every method has the same signature, ``run(ctx: MethodContext, cfg) -> MethodResult``: it receives the model,
+the tokenised forget and retain corpora and an ``evaluate`` callback, and returns the edits to fold into the
+saved model together with its per-step trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import UnlearnError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type[BaseModel]
+    run: Callable
+    summary: str
+
+    def make_config(self, values: dict | None) -> BaseModel:
+        try:
+            return self.config_cls(**(values or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            raise UnlearnError(f"{self.name}: invalid {where}: {err['msg']}") from exc
+
+
+@dataclass
+class MethodResult:
+    ablation: object | None  # models.hooks.Ablation to fold into the weights at save time, if any
+    steps: list[dict] = field(default_factory=list)
+    stop_reason: str = ""
+    final: dict | None = None  # metrics of the returned state (forget/retain)
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def canonical(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def register(name: str, config_cls: type[BaseModel], summary: str):
+    def wrap(fn):
+        REGISTRY[canonical(name)] = Method(canonical(name), config_cls, fn, summary)
+        return fn
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    key = canonical(name)
+    if key not in REGISTRY:
+        raise UnlearnError(f"unknown method {name!r}: available methods are {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[key]

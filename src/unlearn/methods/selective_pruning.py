@@ -1,0 +1,136 @@
+"""Selective pruning (Pochinkov & Schoots, "Dissecting Language Models: Machine Unlearning via Selective
+Pruning", 2024): ablate the neurons that are much more important on the forget data than on the retain data.
+
+Per step: collect per-neuron statistics on the forget and retain statistics chunks, score every neuron by
+``I_forget / (I_retain + eps)``, ablate the top ``ff_frac`` of feed-forward and ``attn_frac`` of attention
+neurons (across all layers, or within each layer), evaluate, and repeat — statistics are re-collected on the
+pruned model unless ``recollect`` is off.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..models.hooks import Ablation
+from .registry import MethodResult, register
+
+
+class SelectivePruningConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    importance: Literal["freq", "abs", "rms", "std"] = Field(
+        "abs", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation")
+    ff_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
+    attn_frac: float = Field(0.0, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
+    steps: int = Field(2, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
+    scope: Literal["global", "layer"] = Field("global", description="rank neurons across all layers or per layer")
+    ablation: Literal["zero", "mean"] = Field("zero", description="set pruned neurons to 0 or to their retain mean")
+    eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for feed-forward neurons")
+    eps_attn: float = Field(1e-4, gt=0, description="eps in I_forget / (I_retain + eps) for attention neurons")
+    recollect: bool = Field(True, description="re-collect statistics on the pruned model before every step")
+
+    @model_validator(mode="after")
+    def _something_to_prune(self):
+        if self.ff_frac <= 0 and self.attn_frac <= 0:
+            raise ValueError("ff_frac and attn_frac are both 0: set at least one in (0, 1)")
+        return self
+
+    def fraction(self, kind: str) -> float:
+        return self.ff_frac if kind == "ff" else self.attn_frac
+
+    def eps(self, kind: str) -> float:
+        return self.eps_ff if kind == "ff" else self.eps_attn
+
+
+
+def scores(forget_stats, retain_stats, cfg: SelectivePruningConfig, kind: str) -> dict[int, torch.Tensor]:
+    """Score = I_forget / (I_retain + eps) per neuron, per layer, for one kind of neuron."""
+    out = {}
+    for (k, layer), fs in forget_stats.items():
+        if k == kind:
+            rs = retain_stats[(k, layer)]
+            out[layer] = fs.importance(cfg.importance) / (rs.importance(cfg.importance) + cfg.eps(kind))
+    return out
+
+
+def select(layer_scores: dict[int, torch.Tensor], already: Ablation, kind: str, frac: float,
+           scope: str) -> dict[int, torch.Tensor]:
+    """Indices to prune per layer: the top ``frac`` of all neurons of this kind (global) or of each layer.
+
+    Already pruned neurons are never chosen again; ties are broken by position (stable sort) so the result is
+    deterministic.
+    """
+    layers = sorted(layer_scores)
+    masked = []
+    for layer in layers:
+        s = layer_scores[layer].clone().double()
+        s[torch.isnan(s)] = -torch.inf
+        done = already.pruned.get((kind, layer))
+        if done is not None:
+            s[done] = -torch.inf
+        masked.append(s)
+    chosen: dict[int, torch.Tensor] = {}
+    if scope == "layer":
+        for layer, s in zip(layers, masked):
+            k = min(round(frac * len(s)), int(torch.isfinite(s).sum()))
+            if k > 0:
+                chosen[layer] = torch.sort(s, descending=True, stable=True).indices[:k]
+        return chosen
+    flat = torch.cat(masked)
+    k = min(round(frac * len(flat)), int(torch.isfinite(flat).sum()))
+    top = torch.sort(flat, descending=True, stable=True).indices[:k]
+    offsets = [0]
+    for s in masked:
+        offsets.append(offsets[-1] + len(s))
+    for layer, start, end in zip(layers, offsets[:-1], offsets[1:]):
+        idx = top[(top >= start) & (top < end)] - start
+        if len(idx):
+            chosen[layer] = idx.sort().values
+    return chosen
+
+
+@register("selective-pruning", SelectivePruningConfig,
+          "prune neurons far more active on forget than on retain data (Pochinkov & Schoots 2024)")
+def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
+    kinds = [k for k in ("ff", "attn") if cfg.fraction(k) > 0]
+    ablation = Ablation()
+    steps: list[dict] = []
+    forget_stats = retain_stats = None
+    current = ctx.baseline
+    stop_reason = f"completed {cfg.steps} steps"
+    for step in range(1, cfg.steps + 1):
+        if forget_stats is None or cfg.recollect:
+            forget_stats = ctx.statistics("forget", ablation, kinds)
+            retain_stats = ctx.statistics("retain", ablation, kinds)
+        previous = ablation.copy()
+        added = {}
+        for kind in kinds:
+            chosen = select(scores(forget_stats, retain_stats, cfg, kind), ablation, kind, cfg.fraction(kind),
+                            cfg.scope)
+            added[kind] = sum(len(v) for v in chosen.values())
+            n = ctx.adapter.n_neurons(ctx.model, kind)
+            for layer, idx in chosen.items():
+                values = retain_stats[(kind, layer)].mean[idx] if cfg.ablation == "mean" else torch.zeros(len(idx))
+                ablation.add((kind, layer), idx, values, n)
+        if not any(added.values()):
+            stop_reason = "no neurons left to prune"
+            break
+        metrics = ctx.evaluate(ablation, label=f"step {step}")
+        record = {"step": step, "pruned_this_step": added,
+                  "pruned_total": {k: ablation.total(k) for k in kinds}, **metrics}
+        reason = ctx.should_stop(metrics)
+        if reason and reason.startswith("budget"):
+            record["reverted"] = True
+            steps.append(record)
+            ablation = previous
+            stop_reason = reason + f"; step {step} reverted"
+            break
+        steps.append(record)
+        current = metrics
+        if reason:
+            stop_reason = reason
+            break
+    return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)

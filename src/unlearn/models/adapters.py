@@ -1,0 +1,105 @@
+"""Architecture adapters: where each family keeps the two output projections that selective pruning acts on.
+
+A *neuron* is one input feature of an output projection:
+
+* feed-forward (``ff``): the input of the MLP's output projection (``down_proj`` / ``fc2`` / ``c_proj`` /
+  ``dense_4h_to_h``). For gated MLPs that input is ``act(gate) * up``.
+* attention (``attn``): the input of the attention output projection (``o_proj`` / ``out_proj`` / ``c_proj`` /
+  ``dense``), i.e. the concatenated per-head outputs, one neuron per head dimension.
+
+Each adapter also says how a constant (mean-ablation) can be folded into a saved checkpoint that stock
+``transformers`` loads: either the projection always has a bias, or a config flag turns one on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UnlearnError
+
+KINDS = ("ff", "attn")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How to find the output projections of one model family (paths relative to the model root)."""
+
+    family: str
+    layers: str  # dotted path to the ModuleList of decoder blocks
+    ff_out: str  # path inside a block to the MLP output projection
+    attn_out: str  # path inside a block to the attention output projection
+    # Bias folding for mean ablation: "always" (the projection has a bias), the name of a boolean config flag
+    # that adds one (and which other projections the flag also gives a bias), or None (impossible).
+    ff_bias: str | None
+    attn_bias: str | None
+    conv1d: bool = False  # GPT-2 style Conv1D: weight is [in, out] instead of nn.Linear's [out, in]
+
+    def out_proj(self, model: nn.Module, layer: int, kind: str) -> nn.Module:
+        block = self.blocks(model)[layer]
+        return _get(block, self.ff_out if kind == "ff" else self.attn_out)
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return _get(model, self.layers)
+
+    def n_layers(self, model: nn.Module) -> int:
+        return len(self.blocks(model))
+
+    def n_neurons(self, model: nn.Module, kind: str) -> int:
+        return in_features(self.out_proj(model, 0, kind), self.conv1d)
+
+    def bias_flag(self, kind: str) -> str | None:
+        return self.ff_bias if kind == "ff" else self.attn_bias
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def in_features(mod: nn.Module, conv1d: bool) -> int:
+    return mod.weight.shape[0] if conv1d else mod.weight.shape[1]
+
+
+_GATED = dict(ff_out="mlp.down_proj", attn_out="self_attn.o_proj")
+
+# model_type -> adapter. Families sharing Llama's layout differ only in which bias flags their config has.
+ADAPTERS: dict[str, Adapter] = {
+    "llama": Adapter("llama", "model.layers", **_GATED, ff_bias="mlp_bias", attn_bias="attention_bias"),
+    "mistral": Adapter("mistral", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
+    "qwen2": Adapter("qwen2", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
+    "gemma": Adapter("gemma", "model.layers", **_GATED, ff_bias=None, attn_bias="attention_bias"),
+    "phi3": Adapter("phi3", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
+    "gpt2": Adapter("gpt2", "transformer.h", ff_out="mlp.c_proj", attn_out="attn.c_proj",
+                    ff_bias="always", attn_bias="always", conv1d=True),
+    "gpt_neox": Adapter("gpt_neox", "gpt_neox.layers", ff_out="mlp.dense_4h_to_h", attn_out="attention.dense",
+                        ff_bias="always", attn_bias="always"),
+    "opt": Adapter("opt", "model.decoder.layers", ff_out="fc2", attn_out="self_attn.out_proj",
+                   ff_bias="enable_bias", attn_bias="enable_bias"),
+}
+
+
+def supported() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter for a loaded ``transformers`` causal LM, or a clear error listing the supported families."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in ADAPTERS:
+        raise UnlearnError(
+            f"unsupported architecture {model_type!r}: supported model types are {', '.join(supported())}"
+        )
+    return ADAPTERS[model_type]
+
+
+def has_bias(mod: nn.Module) -> bool:
+    return getattr(mod, "bias", None) is not None
+
+
+def weight_columns(mod: nn.Module, conv1d: bool) -> torch.Tensor:
+    """The weight as [out, in] (a view for nn.Linear, a transposed view for Conv1D)."""
+    return mod.weight.T if conv1d else mod.weight

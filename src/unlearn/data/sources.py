@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import re
@@ -97,7 +98,8 @@ def _record_text(rec, fields, where: str) -> str:
 def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        for i, line in enumerate(_read_text(path).splitlines(), 1):
+        # split at \n only: str.splitlines() also splits at U+2028, \x0c, ... which JSON strings may hold raw
+        for i, line in enumerate(_read_text(path).split("\n"), 1):
             if line.strip():
                 try:
                     rec = json.loads(line)
@@ -113,7 +115,8 @@ def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]
         for i, rec in enumerate(records):
             yield f"{path}[{i}]", _record_text(rec, fields, f"{path}[{i}]")
     elif suffix == ".csv":
-        reader = csv.DictReader(_read_text(path).splitlines())
+        # a file object, not splitlines(): quoted fields may span lines (and hold \x0c, U+2028, ...)
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
         for i, rec in enumerate(reader, 2):
             yield f"{path}:{i}", _record_text(rec, fields, f"{path}:{i}")
     elif suffix == ".parquet":
@@ -180,10 +183,16 @@ _HEADING_UNDERLINE = re.compile(r"^[*=\-~^\"]{3,}\s*$")
 
 
 def prose_only(text: str) -> str:
-    """Drop reST code blocks (indented lines), grammar rules, doctest lines and heading underlines."""
+    """Drop reST code blocks (indented lines), grammar rules, doctest blocks, tables and heading underlines."""
     paragraphs, current = [], []
+    doctest = False  # inside an unindented ">>>" block: skip it up to the next blank line
     for line in text.splitlines():
-        if not line.strip() or line.startswith((" ", "\t")) or _HEADING_UNDERLINE.match(line):
+        if not line.strip():
+            doctest = False
+        elif line.startswith(">>>"):
+            doctest = True
+        if (doctest or not line.strip() or line.startswith((" ", "\t", "+-", "+=", "|"))
+                or _HEADING_UNDERLINE.match(line)):
             if current:
                 paragraphs.append(" ".join(current))
                 current = []

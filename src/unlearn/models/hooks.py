@@ -72,9 +72,10 @@ def collect_statistics(model: nn.Module, adapter: Adapter, split: TokenSplit, *,
     def make_hook(point):
         def hook(_module, args):
             x = args[0]
-            flat = x.reshape(-1, x.shape[-1]).index_select(0, state["rows"]).float()
+            # reduce in float64: std = sqrt(E x² − (E x)²) cancels badly in float32 when std << |mean|
+            flat = x.reshape(-1, x.shape[-1]).index_select(0, state["rows"]).double()
             sums = torch.stack([(flat > 0).sum(0, dtype=flat.dtype), flat.abs().sum(0), flat.sum(0),
-                                flat.square().sum(0)]).double()
+                                flat.square().sum(0)])
             acc[point] = sums if acc[point] is None else acc[point] + sums
         return hook
 
@@ -115,12 +116,15 @@ class Ablation:
     def copy(self) -> Ablation:
         return Ablation({k: v.clone() for k, v in self.pruned.items()}, {k: v.clone() for k, v in self.fill.items()})
 
-    def counts(self) -> dict[str, list[int]]:
-        """Pruned neurons per layer, by kind."""
-        out: dict[str, dict[int, int]] = {}
+    def counts(self, n_layers: int | None = None, kinds=KINDS) -> dict[str, list[int]]:
+        """Pruned neurons per layer for each of ``kinds`` (lists of ``n_layers`` entries; by default up to the
+        highest layer that has any pruned neuron)."""
+        if n_layers is None:
+            n_layers = 1 + max((layer for (_, layer) in self.pruned), default=-1)
+        out = {kind: [0] * n_layers for kind in kinds}
         for (kind, layer), mask in self.pruned.items():
-            out.setdefault(kind, {})[layer] = int(mask.sum())
-        return {kind: [d.get(i, 0) for i in range(max(d) + 1)] for kind, d in sorted(out.items())}
+            out.setdefault(kind, [0] * n_layers)[layer] = int(mask.sum())
+        return out
 
     def indices(self) -> dict[str, dict[int, list[int]]]:
         return {kind: {layer: m.nonzero().squeeze(1).tolist() for (k, layer), m in sorted(self.pruned.items())

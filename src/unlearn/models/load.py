@@ -6,7 +6,9 @@ as a plain safetensors checkpoint under the cache folder and later loads take a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.util
 import os
 import re
@@ -109,13 +111,16 @@ def _plain_from_gguf(directory: Path, filename: str):
     return model, tokenizer
 
 
-def _cached_gguf(path: Path) -> Path:
+def _cached_gguf(path: Path, log=None) -> Path:
     """Convert a GGUF file once into a cached safetensors checkpoint; return the checkpoint folder."""
     target = cache_dir() / "models" / f"{path.stem}-{_file_key(path)}"
     if (target / "config.json").is_file():
         return target
+    if log:
+        log(f"converting {path.name} to a plain checkpoint (first use only) into {target}")
     try:
-        model, tokenizer = _plain_from_gguf(path.parent, path.name)
+        with contextlib.redirect_stderr(io.StringIO()):  # the GGUF reader's own tqdm bar
+            model, tokenizer = _plain_from_gguf(path.parent, path.name)
     except UnlearnError:
         raise
     except Exception as exc:  # noqa: BLE001 - third-party loaders raise anything
@@ -133,15 +138,15 @@ def _cached_gguf(path: Path) -> Path:
     return target
 
 
-def resolve_source(spec: str) -> str:
+def resolve_source(spec: str, log=None) -> str:
     """Map what the user typed to a loadable directory or hub id (converting GGUF files on the way)."""
     if spec == BUNDLED_ALIAS:
-        return str(_cached_gguf(bundled_gguf()))
+        return str(_cached_gguf(bundled_gguf(), log))
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UnlearnError(f"model file not found: {spec}")
-        return str(_cached_gguf(path))
+        return str(_cached_gguf(path, log))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnlearnError(f"model directory {spec} has no config.json: is it a Hugging Face checkpoint?")
@@ -155,13 +160,26 @@ def resolve_source(spec: str) -> str:
     return spec  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
 
 
-def load_model(spec: str, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache)."""
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and warnings; our CLI shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None) -> LoadedModel:
+    """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache).
+
+    ``log(message)``, if given, is told about slow one-off work (GGUF conversion).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    source = resolve_source(spec)
+    source = resolve_source(spec, log)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])

@@ -25,14 +25,20 @@ class RunFolder:
         self.tmp: Path | None = None
         self.final: Path | None = None
 
-    def __enter__(self) -> RunFolder:
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UnlearnError(f"cannot create output folder {self.out_dir}: {exc.strerror}") from exc
+    def check(self) -> None:
+        """Fail early (before any expensive work) if the run folder cannot be created."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UnlearnError(f"output folder {self.out_dir} is a file: choose another --out")
         if self.explicit and (self.out_dir / self.name).exists():
             raise UnlearnError(f"run folder {self.out_dir / self.name} already exists: choose another --name")
-        self.tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=self.out_dir))
+
+    def __enter__(self) -> RunFolder:
+        self.check()
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=self.out_dir))
+        except OSError as exc:
+            raise UnlearnError(f"cannot create output folder {self.out_dir}: {exc.strerror}") from exc
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -46,6 +52,7 @@ class RunFolder:
             final = self.out_dir / f"{name}-{n}"
             n += 1
         try:
+            _normal_permissions(self.tmp)
             os.rename(self.tmp, final)
         except OSError as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
@@ -61,3 +68,15 @@ class RunFolder:
 
     def write_yaml(self, rel: str, data) -> None:
         self.path(rel).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp and some writers create owner-only files: give the finished folder the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~umask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~umask)

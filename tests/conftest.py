@@ -1,0 +1,129 @@
+"""Shared fixtures: a small byte-level BPE tokenizer trained on the fly and tiny random models of every family.
+
+Nothing here downloads anything. ``tiny_checkpoint(family)`` saves a model + tokenizer folder that
+``unlearn`` and stock ``transformers`` load like any hub checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt")
+SPECIAL = ["<|endoftext|>", "<|pad|>"]
+
+
+def _training_text() -> list[str]:
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(lib / name).read_text(encoding="utf-8") for name in ("textwrap.py", "shlex.py")]
+    texts.append(inspect.cleandoc(__doc__) * 20)
+    return texts
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_files(directory: str) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_training_text(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL[0], bos_token=SPECIAL[0],
+                                   pad_token=SPECIAL[1])
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return Path(_tokenizer_files(str(tmp_path_factory.mktemp("tokenizer"))))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def tiny_config(family: str, vocab_size: int = 400, **extra):
+    """A 2-layer, 32-wide config of ``family`` (random init, a few hundred kB)."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=0)
+    per_family = {
+        "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512),
+        "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=512, sliding_window=None),
+        "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512),
+        "gemma": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=512),
+        "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=512),
+        "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512),
+        "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=512),
+        "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32,
+                    max_position_embeddings=512),
+    }
+    return AutoConfig.for_model(family, **common, **per_family[family], **extra)
+
+
+def tiny_model(family: str, seed: int = 0, **extra):
+    """A random-init tiny causal LM in fp32 eval mode; biases (where present) are randomised too."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, **extra), dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tokenizer):
+    """``tiny_checkpoint(family, **config)`` → a saved checkpoint folder (model + tokenizer)."""
+
+    def make(family: str = "llama", seed: int = 0, **extra) -> Path:
+        path = tmp_path / f"tiny-{family}-{seed}"
+        if not path.exists():
+            tiny_model(family, seed, **extra).save_pretrained(path)
+            tokenizer.save_pretrained(path)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    """Two small real corpora on disk: code (stdlib modules) and prose (stdlib docstrings)."""
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    code = tmp_path / "code.txt"
+    code.write_text("\n\n".join((lib / n).read_text(encoding="utf-8") for n in ("textwrap.py", "shlex.py")),
+                    encoding="utf-8")
+    import ast
+
+    docs = []
+    for n in ("argparse.py", "logging/__init__.py", "subprocess.py"):
+        tree = ast.parse((lib / n).read_text(encoding="utf-8"))
+        docs += [ast.get_docstring(node) for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)) and ast.get_docstring(node)]
+    prose = tmp_path / "prose.txt"
+    prose.write_text("\n\n".join(docs), encoding="utf-8")
+    return code, prose

@@ -1,0 +1,490 @@
+"""Selective pruning: scoring, selection, config validation and end-to-end runs on a tiny llama checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import unlearn
+from unlearn.data.chunking import build_corpus
+from unlearn.data.sources import DataSpec
+from unlearn.errors import UnlearnError
+from unlearn.eval.metrics import evaluate_split
+from unlearn.methods import get_method
+from unlearn.methods.selective_pruning import SelectivePruningConfig, scores, select
+from unlearn.models.adapters import adapter_for, weight_columns
+from unlearn.models.hooks import Ablation, NeuronStats, collect_statistics
+from unlearn.models.load import state_dict_hash
+from unlearn.models.save import file_sha256
+
+F64 = torch.float64
+
+
+def _stats(count, positive, abs_sum, total, sq_sum) -> NeuronStats:
+    t = lambda v: torch.tensor(v, dtype=F64)  # noqa: E731
+    return NeuronStats(count, t(positive), t(abs_sum), t(total), t(sq_sum))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# scores
+
+
+def test_scores_are_forget_over_retain_plus_eps():
+    forget = {("ff", 0): _stats(4, [4, 0, 2], [8, 4, 0], [8, -4, 0], [16, 4, 0]),
+              ("ff", 1): _stats(4, [1, 1, 1], [4, 4, 4], [4, 4, 4], [4, 4, 4]),
+              ("attn", 0): _stats(4, [0, 0], [1, 2], [1, 2], [1, 1])}
+    retain = {("ff", 0): _stats(2, [1, 2, 0], [2, 0, 1], [2, 0, 1], [2, 0, 8]),
+              ("ff", 1): _stats(2, [0, 0, 0], [1, 2, 3], [1, 2, 3], [1, 2, 3]),
+              ("attn", 0): _stats(2, [0, 0], [2, 2], [2, 2], [2, 2])}
+    cfg = SelectivePruningConfig(importance="abs", ff_frac=0.1, eps_ff=1e-3, eps_attn=0.5)
+    s = scores(forget, retain, cfg, "ff")
+    assert set(s) == {0, 1}
+    torch.testing.assert_close(s[0], torch.tensor([2 / (1 + 1e-3), 1 / 1e-3, 0 / (0.5 + 1e-3)], dtype=F64))
+    torch.testing.assert_close(s[1], torch.tensor([1 / (0.5 + 1e-3), 1 / (1 + 1e-3), 1 / (1.5 + 1e-3)], dtype=F64))
+    a = scores(forget, retain, cfg, "attn")
+    assert set(a) == {0}
+    torch.testing.assert_close(a[0], torch.tensor([0.25 / 1.5, 0.5 / 1.5], dtype=F64))
+
+    freq = scores(forget, retain, SelectivePruningConfig(importance="freq", ff_frac=0.1), "ff")
+    torch.testing.assert_close(freq[0], torch.tensor([1 / (0.5 + 1e-3), 0.0, 0.5 / 1e-3], dtype=F64))
+    rms = scores(forget, retain, SelectivePruningConfig(importance="rms", ff_frac=0.1), "ff")
+    torch.testing.assert_close(rms[0], torch.tensor([2 / (1 + 1e-3), 1 / 1e-3, 0.0], dtype=F64))
+    std = scores(forget, retain, SelectivePruningConfig(importance="std", ff_frac=0.1), "ff")
+    # forget std: [0, 0, 0]; retain std of neuron 2: sqrt(4 - 0.25)
+    torch.testing.assert_close(std[0], torch.zeros(3, dtype=F64))
+    std_r = scores(retain, forget, SelectivePruningConfig(importance="std", ff_frac=0.1), "ff")
+    torch.testing.assert_close(std_r[0], torch.tensor([0.0, 0.0, math.sqrt(3.75) / 1e-3], dtype=F64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# select
+
+NAN = float("nan")
+SCORES = {0: torch.tensor([0.1, 5.0, 3.0, NAN]), 1: torch.tensor([4.0, 0.2, 6.0, 1.0])}
+
+
+def _lists(chosen: dict) -> dict:
+    return {layer: sorted(idx.tolist()) for layer, idx in chosen.items()}
+
+
+def test_select_global_scope():
+    assert _lists(select(SCORES, Ablation(), "ff", 3 / 8, "global")) == {0: [1], 1: [0, 2]}
+    assert _lists(select(SCORES, Ablation(), "ff", 1 / 8, "global")) == {1: [2]}
+    got = select(SCORES, Ablation(), "ff", 5 / 8, "global")
+    assert _lists(got) == {0: [1, 2], 1: [0, 2, 3]}
+    assert all(v.dtype == torch.long for v in got.values())
+    # the input scores are not modified
+    assert torch.isnan(SCORES[0][3]) and SCORES[1][2] == 6.0
+
+
+def test_select_layer_scope():
+    got = select(SCORES, Ablation(), "ff", 0.5, "layer")
+    assert _lists(got) == {0: [1, 2], 1: [0, 2]}
+    assert _lists(select(SCORES, Ablation(), "ff", 0.25, "layer")) == {0: [1], 1: [2]}
+    # per layer, even though layer 1 holds all of the global top 2
+    assert _lists(select({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([9.0, 8.0])}, Ablation(), "ff", 0.5,
+                         "layer")) == {0: [1], 1: [0]}
+    assert _lists(select({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([9.0, 8.0])}, Ablation(), "ff", 0.5,
+                         "global")) == {1: [0, 1]}
+
+
+def test_select_never_chooses_already_pruned():
+    done = Ablation()
+    done.add(("ff", 1), torch.tensor([2]), torch.zeros(1), 4)
+    done.add(("attn", 0), torch.tensor([1]), torch.zeros(1), 4)  # another kind: irrelevant here
+    assert _lists(select(SCORES, done, "ff", 3 / 8, "global")) == {0: [1, 2], 1: [0]}
+    assert _lists(select(SCORES, done, "ff", 0.5, "layer")) == {0: [1, 2], 1: [0, 3]}
+    # for attention neurons only the (attn, 0) mask counts: neuron 1 of layer 0 is blocked, 2 of layer 1 is not
+    assert _lists(select(SCORES, done, "attn", 3 / 8, "global")) == {0: [2], 1: [0, 2]}
+    # pruning everything step by step never repeats a neuron and ends with nothing left
+    ablation = Ablation()
+    seen = []
+    for _ in range(5):
+        chosen = select(SCORES, ablation, "ff", 0.25, "global")
+        for layer, idx in chosen.items():
+            seen += [(layer, i) for i in idx.tolist()]
+            ablation.add(("ff", layer), idx, torch.zeros(len(idx)), 4)
+    assert len(seen) == len(set(seen)) == 7  # all but the NaN neuron
+    assert (0, 3) not in seen
+    assert select(SCORES, ablation, "ff", 0.25, "global") == {}
+
+
+def test_select_attention_kind_uses_its_own_pruned_mask():
+    done = Ablation()
+    done.add(("attn", 1), torch.tensor([2]), torch.zeros(1), 4)
+    assert _lists(select(SCORES, done, "attn", 1 / 8, "global")) == {0: [1]}
+    assert _lists(select(SCORES, done, "ff", 1 / 8, "global")) == {1: [2]}
+
+
+def test_select_nan_never_chosen():
+    s = {0: torch.tensor([NAN, NAN, 1.0]), 1: torch.tensor([NAN, 2.0, NAN])}
+    assert _lists(select(s, Ablation(), "ff", 0.9, "global")) == {0: [2], 1: [1]}
+    assert _lists(select(s, Ablation(), "ff", 0.9, "layer")) == {0: [2], 1: [1]}
+    assert select({0: torch.full((4,), NAN)}, Ablation(), "ff", 0.5, "global") == {}
+
+
+def test_select_ties_broken_by_position():
+    s = {0: torch.ones(4), 1: torch.ones(4)}
+    assert _lists(select(s, Ablation(), "ff", 0.25, "global")) == {0: [0, 1]}
+    assert _lists(select(s, Ablation(), "ff", 0.75, "global")) == {0: [0, 1, 2, 3], 1: [0, 1]}
+    assert _lists(select(s, Ablation(), "ff", 0.5, "layer")) == {0: [0, 1], 1: [0, 1]}
+    tied = {0: torch.tensor([1.0, 3.0, 3.0, 0.0]), 1: torch.tensor([3.0, 2.0, 3.0, 3.0])}
+    assert _lists(select(tied, Ablation(), "ff", 3 / 8, "global")) == {0: [1, 2], 1: [0]}
+    # deterministic: the same call gives the same answer
+    for _ in range(3):
+        assert _lists(select(tied, Ablation(), "ff", 3 / 8, "global")) == {0: [1, 2], 1: [0]}
+    # layer scope keeps ties in position order too
+    assert select(tied, Ablation(), "ff", 0.5, "layer")[1].tolist() == [0, 2]
+    # large enough that an unstable sort would scramble equal scores
+    big = torch.ones(300)
+    big[::3] = 2.0
+    top = list(range(0, 300, 3))
+    rest = [i for i in range(300) if i % 3][:50]  # the first 50 of the tied 1.0 scores, by position
+    assert _lists(select({0: big}, Ablation(), "ff", 0.5, "global")) == {0: sorted(top + rest)}
+    assert select({0: big}, Ablation(), "ff", 0.5, "layer")[0].tolist() == top + rest
+
+
+def test_select_k_rounding_and_limits():
+    s = {0: torch.arange(10, dtype=torch.float32)}  # neuron i has score i
+    assert _lists(select(s, Ablation(), "ff", 0.14, "global")) == {0: [9]}  # 1.4 -> 1
+    assert _lists(select(s, Ablation(), "ff", 0.16, "global")) == {0: [8, 9]}  # 1.6 -> 2
+    assert select(s, Ablation(), "ff", 0.04, "global") == {}  # 0.4 -> 0
+    assert _lists(select(s, Ablation(), "ff", 0.16, "layer")) == {0: [8, 9]}
+    # a fraction larger than what is left takes only what is left
+    done = Ablation()
+    done.add(("ff", 0), torch.arange(2, 10), torch.zeros(8), 10)
+    assert _lists(select(s, done, "ff", 0.5, "global")) == {0: [0, 1]}
+    assert _lists(select(s, done, "ff", 0.5, "layer")) == {0: [0, 1]}
+    done.add(("ff", 0), torch.tensor([0, 1]), torch.zeros(2), 10)
+    assert select(s, done, "ff", 0.5, "global") == {} and select(s, done, "ff", 0.5, "layer") == {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config validation
+
+
+@pytest.mark.parametrize("values,where", [
+    ({"ff_frac": 1.0}, "ff_frac"),
+    ({"ff_frac": -0.1}, "ff_frac"),
+    ({"attn_frac": 1.5}, "attn_frac"),
+    ({"ff_frac": 0.0, "attn_frac": 0.0}, "both 0"),
+    ({"ff_frac": 0.0}, "both 0"),  # attn_frac defaults to 0
+    ({"importance": "median"}, "importance"),
+    ({"scope": "model"}, "scope"),
+    ({"ablation": "random"}, "ablation"),
+    ({"steps": 0}, "steps"),
+    ({"eps_ff": 0.0}, "eps_ff"),
+    ({"ff_fraction": 0.1}, "ff_fraction"),  # unknown key
+])
+def test_config_validation(values, where):
+    with pytest.raises(ValidationError, match=where):
+        SelectivePruningConfig(**values)
+    method = get_method("selective-pruning")
+    with pytest.raises(UnlearnError, match=rf"^selective-pruning: invalid .*{where}"):
+        method.make_config(values)
+
+
+def test_config_defaults_and_registry():
+    cfg = get_method("Selective_Pruning ").make_config(None)
+    assert isinstance(cfg, SelectivePruningConfig)
+    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("abs", 0.02, 0.0)
+    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 2, True)
+    assert cfg.fraction("ff") == 0.02 and cfg.fraction("attn") == 0.0
+    assert cfg.eps("ff") == 1e-3 and cfg.eps("attn") == 1e-4
+    assert SelectivePruningConfig(ff_frac=0.0, attn_frac=0.3).fraction("attn") == 0.3
+    with pytest.raises(UnlearnError, match="unknown method 'nope'.*selective-pruning"):
+        get_method("nope")
+    assert "selective-pruning" in unlearn.methods()
+
+
+def test_run_rejects_bad_method_config_before_loading(tmp_path):
+    with pytest.raises(UnlearnError, match="ff_frac"):
+        unlearn.run({"model": str(tmp_path / "no-model"), "method_config": {"ff_frac": 2}, "out_dir": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# end to end through unlearn.run
+
+SEQ_LEN, EVAL_TOKENS, VAL_TOKENS, STATS_TOKENS, BATCH = 32, 512, 512, 256, 8
+METRICS = ("top1", "top10", "skip50_top1", "skip50_top10")
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_checkpoint, text_files):
+    code, prose = text_files
+    ckpt = tiny_checkpoint("llama")
+
+    def run(name: str, method_config: dict, **overrides):
+        cfg = dict(model=str(ckpt), dtype="fp32", device="cpu", forget={"source": str(code)},
+                   retain={"source": str(prose)}, seq_len=SEQ_LEN, stats_tokens=STATS_TOKENS,
+                   eval_tokens=EVAL_TOKENS, val_tokens=VAL_TOKENS, batch_size=BATCH, seed=0, out_dir=str(tmp_path / "runs"), name=name,
+                   method_config=method_config)
+        cfg.update(overrides)
+        return unlearn.run(cfg)
+
+    return {"run": run, "ckpt": ckpt, "code": code, "prose": prose, "out": tmp_path / "runs"}
+
+
+def _corpus(path: Path, tokenizer, seed: int = 0):
+    return build_corpus("x", DataSpec(str(path)), tokenizer, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS,
+                        stats_tokens=STATS_TOKENS, val_tokens=VAL_TOKENS, seed=seed)
+
+
+def _plain(path: Path):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _assert_metrics_equal(got: dict, expected: dict):
+    assert got.keys() == expected.keys()
+    for k in got:
+        assert got[k] == pytest.approx(expected[k], rel=1e-5, abs=1e-9), k
+
+
+def _reproduce(setup, model_dir: Path, result):
+    """Stock transformers + evaluate_split on the run's own evaluation chunks give the reported 'after'."""
+    model = _plain(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for which, path in (("forget", setup["code"]), ("retain", setup["prose"])):
+        corpus = _corpus(path, tokenizer)
+        assert corpus.sha256 == result.manifest["data"][which]["sha256_tokens"]
+        got = evaluate_split(model, corpus.eval, batch_size=BATCH, skip_k=50)
+        _assert_metrics_equal(got, result.after[which])
+    return model
+
+
+def _tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): file_sha256(p) for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_run_end_to_end(setup):
+    ckpt_before = _tree(setup["ckpt"])
+    result = setup["run"]("e2e", {"ff_frac": 0.1, "attn_frac": 0.1, "steps": 2})
+    run_dir = result.run_dir
+    assert run_dir == setup["out"] / "e2e"
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml", "manifest.json", "metrics.json", "model", "pruned_neurons.json"]
+    assert [p.name for p in setup["out"].iterdir()] == ["e2e"]  # no temporary folder left behind
+    assert _tree(setup["ckpt"]) == ckpt_before  # the source checkpoint is never touched
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["method"] == "selective-pruning" and config["seq_len"] == SEQ_LEN and config["seed"] == 0
+    assert config["method_config"] == SelectivePruningConfig(ff_frac=0.1, attn_frac=0.1, steps=2).model_dump()
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(result.metrics))
+    assert set(metrics) >= {"before", "steps", "after", "stop_reason"}
+    assert metrics["stop_reason"] == "completed 2 steps"
+    n_ff, n_attn = 2 * 64, 2 * 32
+    per_step = {"ff": round(0.1 * n_ff), "attn": round(0.1 * n_attn)}
+    assert [s["step"] for s in metrics["steps"]] == [1, 2]
+    for i, step in enumerate(metrics["steps"], 1):
+        assert step["pruned_this_step"] == per_step
+        assert step["pruned_total"] == {k: i * v for k, v in per_step.items()}
+        assert "reverted" not in step
+        for which in ("forget", "retain"):
+            before, now = metrics["before"][which], step[which]
+            for m in METRICS:
+                expected = (before[m] - now[m]) / before[m] if before[m] else 0.0
+                assert step[f"{which}_drop"][m] == pytest.approx(expected)
+            assert now["n_tokens"] == before["n_tokens"] > 0
+    last = metrics["steps"][-1]
+    assert metrics["after"] == {k: last[k] for k in ("forget", "retain", "forget_drop", "retain_drop")}
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["method"] == "selective-pruning" and manifest["seed"] == 0
+    assert manifest["pruned_total"] == {k: 2 * v for k, v in per_step.items()}
+    counts = manifest["pruned_neurons_per_layer"]
+    assert {k: sum(v) for k, v in counts.items()} == manifest["pruned_total"]
+    assert manifest["model"]["family"] == "llama" and manifest["model"]["dtype"] == "fp32"
+    assert manifest["stop_reason"] == metrics["stop_reason"]
+    for which in ("forget", "retain"):
+        assert manifest["data"][which]["eval_tokens"] == EVAL_TOKENS
+        assert manifest["data"][which]["stats_tokens"] == STATS_TOKENS
+    assert manifest["model"]["sha256_before"] == state_dict_hash(_plain(setup["ckpt"]))
+    assert manifest["model"]["sha256_after"] != manifest["model"]["sha256_before"]
+    for name, digest in manifest["model"]["files"].items():
+        assert file_sha256(run_dir / "model" / name) == digest
+
+    pruned = json.loads((run_dir / "pruned_neurons.json").read_text())
+    assert {kind: [len(pruned[kind].get(str(i), [])) for i in range(len(c))] for kind, c in counts.items()} == counts
+
+    # the saved model: stock transformers, the pruned columns are zero, the rest untouched, metrics reproduce
+    model = _reproduce(setup, run_dir / "model", result)
+    assert state_dict_hash(model) == manifest["model"]["sha256_after"]
+    original = _plain(setup["ckpt"])
+    adapter = adapter_for(model)
+    for kind in ("ff", "attn"):
+        for layer in range(2):
+            idx = pruned.get(kind, {}).get(str(layer), [])
+            assert len(idx) == len(set(idx)) and all(0 <= i < adapter.n_neurons(model, kind) for i in idx)
+            w = weight_columns(adapter.out_proj(model, layer, kind), False)
+            w0 = weight_columns(adapter.out_proj(original, layer, kind), False)
+            keep = [i for i in range(w.shape[1]) if i not in idx]
+            assert torch.all(w[:, idx] == 0) and torch.equal(w[:, keep], w0[:, keep])
+
+    # 'before' is the unmodified model on the same chunks
+    tokenizer = AutoTokenizer.from_pretrained(setup["ckpt"])
+    for which, path in (("forget", setup["code"]), ("retain", setup["prose"])):
+        got = evaluate_split(original, _corpus(path, tokenizer).eval, batch_size=BATCH, skip_k=50)
+        _assert_metrics_equal(got, metrics["before"][which])
+
+
+def test_run_selection_matches_building_blocks(setup):
+    """Without re-collection, 2 steps of 16 prune the top 32 of the initial scores; with it, step 1 is the top 16."""
+    tokenizer = AutoTokenizer.from_pretrained(setup["ckpt"])
+    model = _plain(setup["ckpt"])
+    adapter = adapter_for(model)
+    stats = {which: collect_statistics(model, adapter, _corpus(path, tokenizer).stats, batch_size=BATCH,
+                                       kinds=("ff",))
+             for which, path in (("forget", setup["code"]), ("retain", setup["prose"]))}
+    cfg = SelectivePruningConfig(ff_frac=0.125, importance="rms", steps=2)
+    s = scores(stats["forget"], stats["retain"], cfg, "ff")
+    expected = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.25, "global")).items()}
+    step1 = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.125, "global")).items()}
+
+    once = setup["run"]("once", {**cfg.model_dump(), "recollect": False})
+    assert json.loads((once.run_dir / "pruned_neurons.json").read_text()) == {"ff": expected}
+    assert once.manifest["pruned_total"] == {"ff": 32, "attn": 0}
+
+    first = setup["run"]("first", {**cfg.model_dump(), "steps": 1})
+    assert json.loads((first.run_dir / "pruned_neurons.json").read_text()) == {"ff": step1}
+
+    layer = setup["run"]("layer", {**cfg.model_dump(), "steps": 1, "scope": "layer"})
+    by_layer = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.125, "layer")).items()}
+    assert json.loads((layer.run_dir / "pruned_neurons.json").read_text()) == {"ff": by_layer}
+    assert layer.manifest["pruned_neurons_per_layer"] == {"ff": [8, 8], "attn": [0, 0]}
+
+
+def test_run_is_deterministic(setup):
+    mc = {"ff_frac": 0.1, "attn_frac": 0.05, "steps": 2}
+    a = setup["run"]("a", mc)
+    b = setup["run"]("b", mc)
+    for name in ("pruned_neurons.json", "metrics.json"):
+        assert (a.run_dir / name).read_bytes() == (b.run_dir / name).read_bytes(), name
+    assert a.manifest["model"]["sha256_after"] == b.manifest["model"]["sha256_after"]
+    assert a.manifest["model"]["files"]["model.safetensors"] == b.manifest["model"]["files"]["model.safetensors"]
+    c = setup["run"]("c", mc, seed=1)  # another seed draws other chunks
+    assert c.manifest["data"]["forget"]["sha256_tokens"] != a.manifest["data"]["forget"]["sha256_tokens"]
+
+
+# A budget that never binds: the run records the validation metrics of every step, from which the tests pick
+# thresholds (random tiny models are near chance, so thresholds must come from what a run actually showed).
+WATCH = {"metric": "top1", "max_retain_drop": 0.999}
+
+
+def _validation_drop(step: dict, key: str) -> tuple[str, float]:
+    metric = max(METRICS, key=lambda m: step["validation"][key][m])
+    return metric, step["validation"][key][metric]
+
+
+def test_budget_reverts_step(setup):
+    mc = {"ff_frac": 0.25, "attn_frac": 0.25, "steps": 3}
+    free = setup["run"]("free", mc, stop=WATCH)
+    assert len(free.metrics["steps"]) == 3 and free.metrics["stop_reason"] == "completed 3 steps"
+    assert free.metrics["validation_before"]["retain"]["n_tokens"] > 0
+    metric, drop1 = _validation_drop(free.metrics["steps"][0], "retain_drop")
+    assert drop1 > 0, "pruning a quarter of all neurons should hurt some retain metric"
+
+    tight = setup["run"]("tight", mc, stop={"metric": metric, "max_retain_drop": drop1 / 2})
+    steps = tight.metrics["steps"]
+    assert len(steps) == 1 and steps[0]["reverted"] is True
+    assert steps[0]["retain_drop"] == free.metrics["steps"][0]["retain_drop"]
+    assert steps[0]["validation"] == free.metrics["steps"][0]["validation"]
+    assert tight.metrics["stop_reason"].startswith("budget") and tight.metrics["stop_reason"].endswith(
+        "step 1 reverted")
+    assert tight.manifest["pruned_total"] == {"ff": 0, "attn": 0}
+    assert json.loads((tight.run_dir / "pruned_neurons.json").read_text()) == {}
+    assert tight.after == tight.before
+    assert tight.manifest["model"]["sha256_after"] == tight.manifest["model"]["sha256_before"]
+    assert state_dict_hash(_plain(tight.run_dir / "model")) == state_dict_hash(_plain(setup["ckpt"]))
+
+    # a budget above every step's validation drop never stops the run
+    worst = max(s["validation"]["retain_drop"][metric] for s in free.metrics["steps"])
+    loose = setup["run"]("loose", mc, stop={"metric": metric, "max_retain_drop": min(max(worst, 0) + 0.01, 0.99)})
+    assert [s["retain_drop"] for s in loose.metrics["steps"]] == [s["retain_drop"] for s in free.metrics["steps"]]
+    assert loose.metrics["stop_reason"] == "completed 3 steps"
+
+
+def test_budget_needs_validation_chunks(setup):
+    with pytest.raises(unlearn.UnlearnError, match="val_tokens"):
+        setup["run"]("noval", {"ff_frac": 0.25}, val_tokens=0, stop={"max_retain_drop": 0.1})
+    with pytest.raises(unlearn.UnlearnError, match="unknown stop metric"):
+        setup["run"]("badmetric", {"ff_frac": 0.25}, stop={"metric": "loss", "max_retain_drop": 0.1})
+    assert not setup["out"].exists() or not any(setup["out"].iterdir())
+
+
+def test_forget_target_stops_run(setup):
+    mc = {"ff_frac": 0.25, "attn_frac": 0.25, "steps": 3}
+    free = setup["run"]("free", mc, stop=WATCH)
+    for step in free.metrics["steps"]:
+        metric, drop = _validation_drop(step, "forget_drop")
+        if drop > 0:
+            break
+    else:
+        raise AssertionError("no step has a positive validation forget drop: the stopping test needs one")
+    step = step["step"]
+    hit = setup["run"]("hit", mc, stop={"metric": metric, "forget_target_drop": drop})
+    steps = hit.metrics["steps"]
+    assert len(steps) == step and not any(s.get("reverted") for s in steps)
+    assert hit.metrics["stop_reason"].startswith("target")
+    assert hit.manifest["pruned_total"] == free.metrics["steps"][step - 1]["pruned_total"]
+    assert steps[-1]["validation"]["forget_drop"][metric] >= drop
+    _reproduce(setup, hit.run_dir / "model", hit)
+
+
+def test_run_stops_when_nothing_left(setup):
+    result = setup["run"]("all", {"ff_frac": 0.9, "steps": 3})
+    steps = result.metrics["steps"]
+    assert [s["pruned_this_step"]["ff"] for s in steps] == [round(0.9 * 128), 128 - round(0.9 * 128)]
+    assert result.metrics["stop_reason"] == "no neurons left to prune"
+    assert result.manifest["pruned_neurons_per_layer"] == {"ff": [64, 64], "attn": [0, 0]}
+    _reproduce(setup, result.run_dir / "model", result)
+
+
+def test_mean_ablation_run_saves_loadable_model(setup):
+    mean = setup["run"]("mean", {"ff_frac": 0.1, "attn_frac": 0.1, "steps": 2, "ablation": "mean"})
+    zero = setup["run"]("zero", {"ff_frac": 0.1, "attn_frac": 0.1, "steps": 2})
+    config = json.loads((mean.run_dir / "model" / "config.json").read_text())
+    assert config["mlp_bias"] is True and config["attention_bias"] is True
+    model = _reproduce(setup, mean.run_dir / "model", mean)
+    assert state_dict_hash(model) == mean.manifest["model"]["sha256_after"]
+    assert model.model.layers[0].mlp.down_proj.bias.abs().max() > 0
+    assert torch.all(model.model.layers[0].mlp.up_proj.bias == 0)
+    # same neurons are picked at step 1 (retain means do not affect the first selection); the metrics differ
+    assert mean.metrics["steps"][0]["pruned_this_step"] == zero.metrics["steps"][0]["pruned_this_step"]
+    assert mean.after["retain"]["loss"] != zero.after["retain"]["loss"]
+
+
+def test_mean_ablation_fills_with_retain_means(setup):
+    """One mean-ablation step: the new output-projection biases are W[:, pruned] @ retain_mean[pruned]."""
+    result = setup["run"]("mean1", {"ff_frac": 0.1, "attn_frac": 0.1, "steps": 1, "ablation": "mean"})
+    pruned = json.loads((result.run_dir / "pruned_neurons.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(setup["ckpt"])
+    original = _plain(setup["ckpt"])
+    adapter = adapter_for(original)
+    retain = collect_statistics(original, adapter, _corpus(setup["prose"], tokenizer).stats, batch_size=BATCH)
+    forget = collect_statistics(original, adapter, _corpus(setup["code"], tokenizer).stats, batch_size=BATCH)
+    model = _plain(result.run_dir / "model")
+    for kind in ("ff", "attn"):
+        for layer in range(2):
+            idx = pruned[kind].get(str(layer), [])
+            w = adapter.out_proj(original, layer, kind).weight.double()
+            bias = adapter.out_proj(model, layer, kind).bias.double()
+            expected = w[:, idx] @ retain[(kind, layer)].mean[idx]
+            torch.testing.assert_close(bias, expected, rtol=1e-4, atol=1e-6)
+            if idx:
+                assert not torch.allclose(bias, w[:, idx] @ forget[(kind, layer)].mean[idx], rtol=1e-4, atol=1e-6)
+
+
+def test_mean_ablation_unsupported_family_fails_early(setup, tiny_checkpoint):
+    with pytest.raises(UnlearnError, match="mean ablation needs a bias on the MLP output projection"):
+        setup["run"]("m", {"ff_frac": 0.1, "ablation": "mean"}, model=str(tiny_checkpoint("mistral")))
+    assert not setup["out"].exists() or list(setup["out"].iterdir()) == []

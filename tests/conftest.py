@@ -37,11 +37,16 @@ def _tokenizer_files(directory: str) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_training_text(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL[0], bos_token=SPECIAL[0],
-                                   pad_token=SPECIAL[1])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=SPECIAL[0], bos_token=SPECIAL[0], pad_token=SPECIAL[1]
+    )
     fast.save_pretrained(directory)
     return directory
 
@@ -64,21 +69,65 @@ def tiny_config(family: str, vocab_size: int = 400, **extra):
 
     common = dict(vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=0)
     per_family = {
-        "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512),
-        "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=512, sliding_window=None),
-        "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=512),
-        "gemma": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=8, max_position_embeddings=512),
-        "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, max_position_embeddings=512, original_max_position_embeddings=512),
+        "llama": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        ),
+        "mistral": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            sliding_window=None,
+        ),
+        "qwen2": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        ),
+        "gemma": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+        ),
+        "phi3": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            original_max_position_embeddings=512,
+        ),
         "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512),
-        "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         max_position_embeddings=512),
-        "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=32,
-                    max_position_embeddings=512),
+        "gpt_neox": dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+        ),
+        "opt": dict(
+            hidden_size=32,
+            ffn_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            word_embed_proj_dim=32,
+            max_position_embeddings=512,
+        ),
     }
     return AutoConfig.for_model(family, **common, **per_family[family], **extra)
 
@@ -115,15 +164,19 @@ def text_files(tmp_path):
     """Two small real corpora on disk: code (stdlib modules) and prose (stdlib docstrings)."""
     lib = Path(sysconfig.get_paths()["stdlib"])
     code = tmp_path / "code.txt"
-    code.write_text("\n\n".join((lib / n).read_text(encoding="utf-8") for n in ("textwrap.py", "shlex.py")),
-                    encoding="utf-8")
+    code.write_text(
+        "\n\n".join((lib / n).read_text(encoding="utf-8") for n in ("textwrap.py", "shlex.py")), encoding="utf-8"
+    )
     import ast
 
     docs = []
     for n in ("argparse.py", "logging/__init__.py", "subprocess.py"):
         tree = ast.parse((lib / n).read_text(encoding="utf-8"))
-        docs += [ast.get_docstring(node) for node in ast.walk(tree)
-                 if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)) and ast.get_docstring(node)]
+        docs += [
+            ast.get_docstring(node)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Module)) and ast.get_docstring(node)
+        ]
     prose = tmp_path / "prose.txt"
     prose.write_text("\n\n".join(docs), encoding="utf-8")
     return code, prose

@@ -141,8 +141,7 @@ def test_jsonl_string_may_hold_raw_unicode_line_separators(tmp_path):
     # json.dumps(ensure_ascii=False) writes U+2028, U+0085 and form feeds raw: they are not line ends in JSONL
     path = tmp_path / "d.jsonl"
     values = ["para\u2028sep", "form\x0cfeed", "next\x85line"]
-    path.write_text("\n".join(json.dumps({"text": v}, ensure_ascii=False) for v in values) + "\n",
-                    encoding="utf-8")
+    path.write_text("\n".join(json.dumps({"text": v}, ensure_ascii=False) for v in values) + "\n", encoding="utf-8")
     assert docs(path) == [(f"{path}:{i}", v) for i, v in enumerate(values, 1)]
 
 
@@ -272,8 +271,11 @@ def test_python_stdlib_exclusions_on_a_fake_tree(tmp_path, monkeypatch):
         (tmp_path / rel).write_text(text, encoding="utf-8")
     (tmp_path / "latin1.py").write_bytes(b"# caf\xe9\n")  # unreadable files are skipped, not fatal
     monkeypatch.setattr(sources, "stdlib_dir", lambda: tmp_path)
-    assert docs("python-stdlib") == [("stdlib:idlelib/run.py", "run = 1\n"), ("stdlib:os.py", "import sys\n"),
-                                     ("stdlib:pkg/mod.py", "x = 1\n")]
+    assert docs("python-stdlib") == [
+        ("stdlib:idlelib/run.py", "run = 1\n"),
+        ("stdlib:os.py", "import sys\n"),
+        ("stdlib:pkg/mod.py", "x = 1\n"),
+    ]
 
 
 def test_english_prose_is_prose_without_code():
@@ -322,7 +324,7 @@ def test_prose_only_on_hand_written_rest():
         "| a    | b     |\n"
         "+======+=======+\n"
         "\n"
-        "   if_stmt ::= \"if\" assignment_expression \":\" suite\n"
+        '   if_stmt ::= "if" assignment_expression ":" suite\n'
         "\n"
         "The last paragraph is also prose with quite enough words in it.\n"
     )
@@ -523,8 +525,15 @@ SEQ, EVAL, STATS = 32, 200, 300  # 7 evaluation + 10 statistics chunks
 
 
 def _build(source, tokenizer, seed=0, eval_tokens=EVAL, stats_tokens=STATS, seq_len=SEQ, name="forget"):
-    return build_corpus(name, DataSpec(str(source)), tokenizer, seq_len=seq_len, eval_tokens=eval_tokens,
-                        stats_tokens=stats_tokens, seed=seed)
+    return build_corpus(
+        name,
+        DataSpec(str(source)),
+        tokenizer,
+        seq_len=seq_len,
+        eval_tokens=eval_tokens,
+        stats_tokens=stats_tokens,
+        seed=seed,
+    )
 
 
 def test_build_corpus_shapes(text_files, tokenizer):

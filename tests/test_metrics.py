@@ -72,8 +72,15 @@ def reference(model: TableLM, split: TokenSplit, skip_k: int) -> dict[str, float
                 sn += 1
                 s1 += rank < 1
                 s10 += rank < 10
-    return {"top1": top1 / n, "top10": top10 / n, f"skip{skip_k}_top1": s1 / sn, f"skip{skip_k}_top10": s10 / sn,
-            "loss": loss / n, "perplexity": math.exp(loss / n), "n_tokens": n}
+    return {
+        "top1": top1 / n,
+        "top10": top10 / n,
+        f"skip{skip_k}_top1": s1 / sn,
+        f"skip{skip_k}_top10": s10 / sn,
+        "loss": loss / n,
+        "perplexity": math.exp(loss / n),
+        "n_tokens": n,
+    }
 
 
 def assert_metrics(got: dict, want: dict, rel=1e-6):
@@ -138,8 +145,10 @@ def test_hand_computed_metrics():
 def test_loss_matches_torch_cross_entropy():
     torch.manual_seed(0)
     table = torch.randn(V, V) * 3
-    split = split_of([[random.Random(i).randrange(V) for i in range(k, k + 10)] for k in range(4)],
-                     special_positions=[(0, 3), (2, 9), (3, 0)])
+    split = split_of(
+        [[random.Random(i).randrange(V) for i in range(k, k + 10)] for k in range(4)],
+        special_positions=[(0, 3), (2, 9), (3, 0)],
+    )
     got = evaluate_split(TableLM(table), split, batch_size=3, skip_k=2)
     logits = table[split.input_ids[:, :-1]]
     targets = split.input_ids[:, 1:]
@@ -211,7 +220,8 @@ def test_batch_size_invariance_and_reference(batch_size):
     got = evaluate_split(model, split, batch_size=batch_size, skip_k=3)
     assert_metrics(got, reference(model, split, 3), rel=1e-5)
     assert [shape for shape, _ in model.calls] == [
-        (min(batch_size, n_chunks - i), seq) for i in range(0, n_chunks, batch_size)]
+        (min(batch_size, n_chunks - i), seq) for i in range(0, n_chunks, batch_size)
+    ]
     assert all(kwargs.get("use_cache") is False for _, kwargs in model.calls)
     assert_metrics(got, evaluate_split(model, split, batch_size=n_chunks, skip_k=3), rel=1e-6)
 

@@ -92,7 +92,8 @@ def test_adapter_for_unsupported_model_lists_supported_types():
     from transformers import AutoConfig
 
     bloom = AutoModelForCausalLM.from_config(
-        AutoConfig.for_model("bloom", vocab_size=50, hidden_size=16, n_layer=1, n_head=2))
+        AutoConfig.for_model("bloom", vocab_size=50, hidden_size=16, n_layer=1, n_head=2)
+    )
     for model in (bloom, SimpleNamespace(config=SimpleNamespace(model_type="foo")), torch.nn.Linear(2, 2)):
         with pytest.raises(UnlearnError) as info:
             adapter_for(model)
@@ -250,8 +251,15 @@ def test_mean_fold_llama_turns_on_bias_flags_and_zeroes_new_biases(kinds, tokeni
         assert torch.equal(state[key], value), key
 
 
-NOT_STORABLE = [("mistral", "ff"), ("mistral", "attn"), ("qwen2", "ff"), ("qwen2", "attn"), ("phi3", "ff"),
-                ("phi3", "attn"), ("gemma", "ff")]
+NOT_STORABLE = [
+    ("mistral", "ff"),
+    ("mistral", "attn"),
+    ("qwen2", "ff"),
+    ("qwen2", "attn"),
+    ("phi3", "ff"),
+    ("phi3", "attn"),
+    ("gemma", "ff"),
+]
 
 
 @pytest.mark.parametrize("family,kind", NOT_STORABLE)
@@ -403,11 +411,13 @@ def _capture_inputs(model, adapter, split):
     points = hook_points(model, adapter)
     seq = split.input_ids.shape[1]  # (OPT feeds fc2 a flattened [tokens, n] input)
     captured = {p: [] for p in points}
+
     def hook(point):
         return lambda _m, args: captured[point].append(args[0].detach().reshape(1, seq, -1).clone())
 
-    handles = [adapter.out_proj(model, layer, kind).register_forward_pre_hook(hook((kind, layer)))
-               for kind, layer in points]
+    handles = [
+        adapter.out_proj(model, layer, kind).register_forward_pre_hook(hook((kind, layer))) for kind, layer in points
+    ]
     try:
         with torch.inference_mode():
             for i in range(len(split.input_ids)):  # one chunk at a time
@@ -471,8 +481,9 @@ def test_collect_statistics_ignores_special_positions():
         handle.remove()
     for point in clean:
         for field in ("positive", "abs_sum", "sum", "sq_sum"):
-            torch.testing.assert_close(getattr(poisoned[point], field), getattr(clean[point], field),
-                                       rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                getattr(poisoned[point], field), getattr(clean[point], field), rtol=1e-6, atol=1e-6
+            )
     # whereas marking fewer positions as special does change them
     fewer = TokenSplit(split.input_ids, torch.zeros_like(split.special))
     handle = adapter.out_proj(model, 1, "attn").register_forward_pre_hook(poison)
@@ -516,10 +527,13 @@ def test_collect_statistics_sees_ablation():
 
 
 def test_neuron_stats_importance_formulas():
-    s = NeuronStats(count=4, positive=torch.tensor([4.0, 0.0, 2.0], dtype=torch.float64),
-                    abs_sum=torch.tensor([8.0, 4.0, 4.0], dtype=torch.float64),
-                    sum=torch.tensor([8.0, -4.0, 0.0], dtype=torch.float64),
-                    sq_sum=torch.tensor([16.0, 4.0, 16.0], dtype=torch.float64))
+    s = NeuronStats(
+        count=4,
+        positive=torch.tensor([4.0, 0.0, 2.0], dtype=torch.float64),
+        abs_sum=torch.tensor([8.0, 4.0, 4.0], dtype=torch.float64),
+        sum=torch.tensor([8.0, -4.0, 0.0], dtype=torch.float64),
+        sq_sum=torch.tensor([16.0, 4.0, 16.0], dtype=torch.float64),
+    )
     assert s.importance("freq").tolist() == [1.0, 0.0, 0.5]
     assert s.importance("abs").tolist() == [2.0, 1.0, 1.0]
     assert s.importance("rms").tolist() == [2.0, 1.0, 2.0]
@@ -558,8 +572,9 @@ def test_state_dict_hash_stable_and_sensitive(tmp_path):
 
 
 def _tree_digest(path: Path) -> dict:
-    return {str(p.relative_to(path)): (file_sha256(p), p.stat().st_mtime_ns)
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): (file_sha256(p), p.stat().st_mtime_ns) for p in sorted(path.rglob("*")) if p.is_file()
+    }
 
 
 def test_resolve_source_errors(tmp_path):

@@ -37,12 +37,16 @@ def _stats(count, positive, abs_sum, total, sq_sum) -> NeuronStats:
 
 
 def test_scores_are_forget_over_retain_plus_eps():
-    forget = {("ff", 0): _stats(4, [4, 0, 2], [8, 4, 0], [8, -4, 0], [16, 4, 0]),
-              ("ff", 1): _stats(4, [1, 1, 1], [4, 4, 4], [4, 4, 4], [4, 4, 4]),
-              ("attn", 0): _stats(4, [0, 0], [1, 2], [1, 2], [1, 1])}
-    retain = {("ff", 0): _stats(2, [1, 2, 0], [2, 0, 1], [2, 0, 1], [2, 0, 8]),
-              ("ff", 1): _stats(2, [0, 0, 0], [1, 2, 3], [1, 2, 3], [1, 2, 3]),
-              ("attn", 0): _stats(2, [0, 0], [2, 2], [2, 2], [2, 2])}
+    forget = {
+        ("ff", 0): _stats(4, [4, 0, 2], [8, 4, 0], [8, -4, 0], [16, 4, 0]),
+        ("ff", 1): _stats(4, [1, 1, 1], [4, 4, 4], [4, 4, 4], [4, 4, 4]),
+        ("attn", 0): _stats(4, [0, 0], [1, 2], [1, 2], [1, 1]),
+    }
+    retain = {
+        ("ff", 0): _stats(2, [1, 2, 0], [2, 0, 1], [2, 0, 1], [2, 0, 8]),
+        ("ff", 1): _stats(2, [0, 0, 0], [1, 2, 3], [1, 2, 3], [1, 2, 3]),
+        ("attn", 0): _stats(2, [0, 0], [2, 2], [2, 2], [2, 2]),
+    }
     cfg = SelectivePruningConfig(importance="abs", ff_frac=0.1, eps_ff=1e-3, eps_attn=0.5)
     s = scores(forget, retain, cfg, "ff")
     assert set(s) == {0, 1}
@@ -89,10 +93,12 @@ def test_select_layer_scope():
     assert _lists(got) == {0: [1, 2], 1: [0, 2]}
     assert _lists(select(SCORES, Ablation(), "ff", 0.25, "layer")) == {0: [1], 1: [2]}
     # per layer, even though layer 1 holds all of the global top 2
-    assert _lists(select({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([9.0, 8.0])}, Ablation(), "ff", 0.5,
-                         "layer")) == {0: [1], 1: [0]}
-    assert _lists(select({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([9.0, 8.0])}, Ablation(), "ff", 0.5,
-                         "global")) == {1: [0, 1]}
+    assert _lists(
+        select({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([9.0, 8.0])}, Ablation(), "ff", 0.5, "layer")
+    ) == {0: [1], 1: [0]}
+    assert _lists(
+        select({0: torch.tensor([1.0, 2.0]), 1: torch.tensor([9.0, 8.0])}, Ablation(), "ff", 0.5, "global")
+    ) == {1: [0, 1]}
 
 
 def test_select_never_chooses_already_pruned():
@@ -170,19 +176,22 @@ def test_select_k_rounding_and_limits():
 # config validation
 
 
-@pytest.mark.parametrize("values,where", [
-    ({"ff_frac": 1.0}, "ff_frac"),
-    ({"ff_frac": -0.1}, "ff_frac"),
-    ({"attn_frac": 1.5}, "attn_frac"),
-    ({"ff_frac": 0.0, "attn_frac": 0.0}, "both 0"),
-    ({"ff_frac": 0.0}, "both 0"),  # attn_frac defaults to 0
-    ({"importance": "median"}, "importance"),
-    ({"scope": "model"}, "scope"),
-    ({"ablation": "random"}, "ablation"),
-    ({"steps": 0}, "steps"),
-    ({"eps_ff": 0.0}, "eps_ff"),
-    ({"ff_fraction": 0.1}, "ff_fraction"),  # unknown key
-])
+@pytest.mark.parametrize(
+    "values,where",
+    [
+        ({"ff_frac": 1.0}, "ff_frac"),
+        ({"ff_frac": -0.1}, "ff_frac"),
+        ({"attn_frac": 1.5}, "attn_frac"),
+        ({"ff_frac": 0.0, "attn_frac": 0.0}, "both 0"),
+        ({"ff_frac": 0.0}, "both 0"),  # attn_frac defaults to 0
+        ({"importance": "median"}, "importance"),
+        ({"scope": "model"}, "scope"),
+        ({"ablation": "random"}, "ablation"),
+        ({"steps": 0}, "steps"),
+        ({"eps_ff": 0.0}, "eps_ff"),
+        ({"ff_fraction": 0.1}, "ff_fraction"),  # unknown key
+    ],
+)
 def test_config_validation(values, where):
     with pytest.raises(ValidationError, match=where):
         SelectivePruningConfig(**values)
@@ -223,10 +232,22 @@ def setup(tmp_path, tiny_checkpoint, text_files):
     ckpt = tiny_checkpoint("llama")
 
     def run(name: str, method_config: dict, **overrides):
-        cfg = dict(model=str(ckpt), dtype="fp32", device="cpu", forget={"source": str(code)},
-                   retain={"source": str(prose)}, seq_len=SEQ_LEN, stats_tokens=STATS_TOKENS,
-                   eval_tokens=EVAL_TOKENS, val_tokens=VAL_TOKENS, batch_size=BATCH, seed=0, out_dir=str(tmp_path / "runs"), name=name,
-                   method_config=method_config)
+        cfg = dict(
+            model=str(ckpt),
+            dtype="fp32",
+            device="cpu",
+            forget={"source": str(code)},
+            retain={"source": str(prose)},
+            seq_len=SEQ_LEN,
+            stats_tokens=STATS_TOKENS,
+            eval_tokens=EVAL_TOKENS,
+            val_tokens=VAL_TOKENS,
+            batch_size=BATCH,
+            seed=0,
+            out_dir=str(tmp_path / "runs"),
+            name=name,
+            method_config=method_config,
+        )
         cfg.update(overrides)
         return unlearn.run(cfg)
 
@@ -234,8 +255,16 @@ def setup(tmp_path, tiny_checkpoint, text_files):
 
 
 def _corpus(path: Path, tokenizer, seed: int = 0):
-    return build_corpus("x", DataSpec(str(path)), tokenizer, seq_len=SEQ_LEN, eval_tokens=EVAL_TOKENS,
-                        stats_tokens=STATS_TOKENS, val_tokens=VAL_TOKENS, seed=seed)
+    return build_corpus(
+        "x",
+        DataSpec(str(path)),
+        tokenizer,
+        seq_len=SEQ_LEN,
+        eval_tokens=EVAL_TOKENS,
+        stats_tokens=STATS_TOKENS,
+        val_tokens=VAL_TOKENS,
+        seed=seed,
+    )
 
 
 def _plain(path: Path):
@@ -270,7 +299,12 @@ def test_run_end_to_end(setup):
     run_dir = result.run_dir
     assert run_dir == setup["out"] / "e2e"
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "manifest.json", "metrics.json", "model", "pruned_neurons.json"]
+        "config.yaml",
+        "manifest.json",
+        "metrics.json",
+        "model",
+        "pruned_neurons.json",
+    ]
     assert [p.name for p in setup["out"].iterdir()] == ["e2e"]  # no temporary folder left behind
     assert _tree(setup["ckpt"]) == ckpt_before  # the source checkpoint is never touched
 
@@ -342,9 +376,10 @@ def test_run_selection_matches_building_blocks(setup):
     tokenizer = AutoTokenizer.from_pretrained(setup["ckpt"])
     model = _plain(setup["ckpt"])
     adapter = adapter_for(model)
-    stats = {which: collect_statistics(model, adapter, _corpus(path, tokenizer).stats, batch_size=BATCH,
-                                       kinds=("ff",))
-             for which, path in (("forget", setup["code"]), ("retain", setup["prose"]))}
+    stats = {
+        which: collect_statistics(model, adapter, _corpus(path, tokenizer).stats, batch_size=BATCH, kinds=("ff",))
+        for which, path in (("forget", setup["code"]), ("retain", setup["prose"]))
+    }
     cfg = SelectivePruningConfig(ff_frac=0.125, importance="rms", steps=2)
     s = scores(stats["forget"], stats["retain"], cfg, "ff")
     expected = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.25, "global")).items()}
@@ -399,7 +434,8 @@ def test_budget_reverts_step(setup):
     assert steps[0]["retain_drop"] == free.metrics["steps"][0]["retain_drop"]
     assert steps[0]["validation"] == free.metrics["steps"][0]["validation"]
     assert tight.metrics["stop_reason"].startswith("budget") and tight.metrics["stop_reason"].endswith(
-        "step 1 reverted")
+        "step 1 reverted"
+    )
     assert tight.manifest["pruned_total"] == {"ff": 0, "attn": 0}
     assert json.loads((tight.run_dir / "pruned_neurons.json").read_text()) == {}
     assert tight.after == tight.before

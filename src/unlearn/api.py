@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,14 +63,24 @@ class MethodContext:
     def corpus(self, which: str) -> Corpus:
         return self.forget if which == "forget" else self.retain
 
-    def statistics(self, which: str, ablation: Ablation, kinds) -> dict:
-        """Per-neuron statistics on the ``which`` corpus's statistics split, with ``ablation`` applied."""
+    def statistics(self, which: str, ablation: Ablation, kinds, needs=("freq", "abs", "rms", "std", "mean")) -> dict:
+        """Per-neuron statistics (those ``needs`` asks for) on the ``which`` corpus's statistics split, with
+        ``ablation`` applied."""
         split = self.corpus(which).stats
         start = time.perf_counter()
-        with self.reporter.task(f"statistics: {which}", split.n_tokens) as advance, \
-                ablated(self.model, self.adapter, ablation):
-            stats = collect_statistics(self.model, self.adapter, split, batch_size=self.config.batch_size,
-                                       kinds=kinds, progress=advance)
+        with (
+            self.reporter.task(f"statistics: {which}", split.n_tokens) as advance,
+            ablated(self.model, self.adapter, ablation),
+        ):
+            stats = collect_statistics(
+                self.model,
+                self.adapter,
+                split,
+                batch_size=self.config.batch_size,
+                kinds=kinds,
+                needs=needs,
+                progress=advance,
+            )
         self.timings["statistics"] += time.perf_counter() - start
         return stats
 
@@ -84,13 +93,21 @@ class MethodContext:
             for which in ("forget", "retain"):
                 chunks = getattr(self.corpus(which), split)
                 with self.reporter.task(f"{label or split}: {which}", chunks.n_tokens) as advance:
-                    out[which] = evaluate_split(self.model, chunks, batch_size=self.config.batch_size,
-                                                skip_k=self.config.skip_k, progress=advance)
+                    out[which] = evaluate_split(
+                        self.model,
+                        chunks,
+                        batch_size=self.config.batch_size,
+                        skip_k=self.config.skip_k,
+                        progress=advance,
+                    )
         base = self.baseline if split == "eval" else self.baseline_val
         if base:
             for which in ("forget", "retain"):
-                out[f"{which}_drop"] = {k: relative_drop(base[which][k], out[which][k])
-                                        for k in out[which] if k not in ("loss", "perplexity", "n_tokens")}
+                out[f"{which}_drop"] = {
+                    k: relative_drop(base[which][k], out[which][k])
+                    for k in out[which]
+                    if k not in ("loss", "perplexity", "n_tokens")
+                }
         self.timings["evaluation"] += time.perf_counter() - start
         return out
 
@@ -121,7 +138,10 @@ class MethodContext:
         if stop.forget_target_drop is not None:
             drop = metrics["forget_drop"][metric]
             if drop >= stop.forget_target_drop:
-                return f"target: validation forget {metric} dropped {drop:.1%} >= {stop.forget_target_drop:.1%}", metrics
+                return (
+                    f"target: validation forget {metric} dropped {drop:.1%} >= {stop.forget_target_drop:.1%}",
+                    metrics,
+                )
         return None, metrics
 
 
@@ -147,19 +167,34 @@ def versions() -> dict:
     import safetensors
     import transformers
 
-    return {"unlearn": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
-            "safetensors": safetensors.__version__, "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "unlearn": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "safetensors": safetensors.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[Corpus, Corpus]:
     out = []
     for which, data in (("forget", cfg.forget), ("retain", cfg.retain)):
-        reporter.log(f"[dim]tokenising {which} corpus {data.source}[/dim]")
-        out.append(build_corpus(which, data.spec(), loaded.tokenizer, seq_len=cfg.seq_len,
-                                eval_tokens=cfg.eval_tokens, stats_tokens=cfg.stats_tokens, seed=cfg.seed,
-                                val_tokens=cfg.val_tokens))
+        with reporter.stage(f"tokenising {which} corpus {data.source}"):
+            out.append(
+                build_corpus(
+                    which,
+                    data.spec(),
+                    loaded.tokenizer,
+                    seq_len=cfg.seq_len,
+                    eval_tokens=cfg.eval_tokens,
+                    stats_tokens=cfg.stats_tokens,
+                    seed=cfg.seed,
+                    val_tokens=cfg.val_tokens,
+                )
+            )
     return out[0], out[1]
 
 
@@ -184,8 +219,8 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
 
     timings = {}
     start = time.perf_counter()
-    reporter.log(f"loading model [bold]{cfg.model}[/bold]")
-    loaded = load_model(cfg.model, cfg.dtype, cfg.device, log=reporter.log)
+    with reporter.stage(f"loading model {cfg.model}"):
+        loaded = load_model(cfg.model, cfg.dtype, cfg.device, log=reporter.log)
     adapter = adapter_for(loaded.model)
     if getattr(method_cfg, "ablation", None) == "mean":
         check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
@@ -230,12 +265,27 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": cfg.seed,
             "method": method.name,
-            "model": {"spec": cfg.model, "source": loaded.source, "dtype": loaded.dtype, "device": loaded.device,
-                      "family": adapter.family, "sha256_before": model_hash, "sha256_after": out_hash,
-                      "files": files},
-            "data": {c.name: {"source": c.spec.describe(), "sha256_tokens": c.sha256, "segments": c.n_segments,
-                              "eval_tokens": c.eval.n_tokens, "stats_tokens": c.stats.n_tokens,
-                              "val_tokens": c.val.n_tokens if c.val is not None else 0} for c in (forget, retain)},
+            "model": {
+                "spec": cfg.model,
+                "source": loaded.source,
+                "dtype": loaded.dtype,
+                "device": loaded.device,
+                "family": adapter.family,
+                "sha256_before": model_hash,
+                "sha256_after": out_hash,
+                "files": files,
+            },
+            "data": {
+                c.name: {
+                    "source": c.spec.describe(),
+                    "sha256_tokens": c.sha256,
+                    "segments": c.n_segments,
+                    "eval_tokens": c.eval.n_tokens,
+                    "stats_tokens": c.stats.n_tokens,
+                    "val_tokens": c.val.n_tokens if c.val is not None else 0,
+                }
+                for c in (forget, retain)
+            },
             "pruned_neurons_per_layer": ablation.counts(adapter.n_layers(loaded.model)),
             "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},
             "stop_reason": result.stop_reason,
@@ -249,9 +299,22 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     return RunResult(folder.final, metrics, manifest, cfg)
 
 
-def evaluate(model: str, data: list[str | DataConfig], *, eval_tokens: int = 4096, seq_len: int = 256,
-             batch_size: int = 8, skip_k: int = 50, seed: int = 0, dtype: str = "auto", device: str = "auto",
-             console=None) -> dict[str, dict]:
+_D = RunConfig()
+
+
+def evaluate(
+    model: str,
+    data: list[str | DataConfig],
+    *,
+    eval_tokens: int = _D.eval_tokens,
+    seq_len: int = _D.seq_len,
+    batch_size: int = _D.batch_size,
+    skip_k: int = _D.skip_k,
+    seed: int = _D.seed,
+    dtype: str = "auto",
+    device: str = "auto",
+    console=None,
+) -> dict[str, dict]:
     """Next-token metrics of ``model`` on each corpus in ``data`` (the same chunks a run with this seed evaluates)."""
     reporter = Reporter(console)
     specs = [d if isinstance(d, DataConfig) else DataConfig(source=d) for d in data]
@@ -259,20 +322,28 @@ def evaluate(model: str, data: list[str | DataConfig], *, eval_tokens: int = 409
         raise UnlearnError("no data to evaluate: pass at least one --data")
     for d in specs:
         _check_data_exists(d.spec())
-    loaded = load_model(model, dtype, device, log=reporter.log)
+    with reporter.stage(f"loading model {model}"):
+        loaded = load_model(model, dtype, device, log=reporter.log)
     out = {}
     for d in specs:
-        corpus = build_corpus(d.source, d.spec(), loaded.tokenizer, seq_len=seq_len, eval_tokens=eval_tokens,
-                              stats_tokens=0, seed=seed)
+        corpus = build_corpus(
+            d.source, d.spec(), loaded.tokenizer, seq_len=seq_len, eval_tokens=eval_tokens, stats_tokens=0, seed=seed
+        )
         with reporter.task(f"evaluate: {d.source}"[:28], corpus.eval.n_tokens) as advance:
-            out[d.source] = evaluate_split(loaded.model, corpus.eval, batch_size=batch_size, skip_k=skip_k,
-                                           progress=advance)
+            out[d.source] = evaluate_split(
+                loaded.model, corpus.eval, batch_size=batch_size, skip_k=skip_k, progress=advance
+            )
     return out
 
 
 def methods() -> dict[str, dict]:
     """Registered methods with their summary and parameter defaults and descriptions."""
-    return {name: {"summary": m.summary,
-                   "parameters": {k: {"default": f.default, "description": f.description}
-                                  for k, f in m.config_cls.model_fields.items()}}
-            for name, m in sorted(registry.REGISTRY.items())}
+    return {
+        name: {
+            "summary": m.summary,
+            "parameters": {
+                k: {"default": f.default, "description": f.description} for k, f in m.config_cls.model_fields.items()
+            },
+        }
+        for name, m in sorted(registry.REGISTRY.items())
+    }

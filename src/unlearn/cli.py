@@ -11,9 +11,13 @@ import sys
 
 import click
 
+from .config import RunConfig
 from .errors import UnlearnError
+from .methods.selective_pruning import SelectivePruningConfig
 
 PCT = "(a fraction such as 0.05 or a percentage such as 5%)"
+DEFAULTS = RunConfig()
+SP = {k: f.default for k, f in SelectivePruningConfig.model_fields.items()}
 
 
 def _fraction(value: str | None, flag: str) -> float | None:
@@ -96,35 +100,116 @@ def _set(d: dict, key: str, value) -> None:
 @click.option("--model", help="smollm2-135m (bundled, default), a checkpoint folder, a .gguf file or a hub id.")
 @click.option("--forget", help="Forget corpus: file, folder, glob, python-stdlib (default), english-prose or hf:NAME.")
 @click.option("--retain", help="Retain corpus: same forms as --forget (default english-prose).")
-@click.option("--forget-field", "forget_fields", multiple=True, help="Record field(s) holding forget text (default text).")
-@click.option("--retain-field", "retain_fields", multiple=True, help="Record field(s) holding retain text (default text).")
+@click.option(
+    "--forget-field", "forget_fields", multiple=True, help="Record field(s) holding forget text (default text)."
+)
+@click.option(
+    "--retain-field", "retain_fields", multiple=True, help="Record field(s) holding retain text (default text)."
+)
 @click.option("--method", help="Unlearning method (default selective-pruning); see `unlearn methods`.")
-@click.option("--set", "method_params", multiple=True, metavar="KEY=VALUE",
-              help="Any method parameter, e.g. --set importance=rms (repeatable).")
-@click.option("--importance", type=click.Choice(["freq", "abs", "rms", "std"]), help="Selective pruning: neuron importance (default abs).")
-@click.option("--ff-frac", type=float, help="Selective pruning: fraction of feed-forward neurons pruned per step.")
-@click.option("--attn-frac", type=float, help="Selective pruning: fraction of attention neurons pruned per step.")
-@click.option("--steps", type=int, help="Pruning steps (the most, with a budget).")
-@click.option("--scope", type=click.Choice(["global", "layer"]), help="Rank neurons across all layers or per layer.")
-@click.option("--ablation", type=click.Choice(["zero", "mean"]), help="Set pruned neurons to 0 or their retain mean.")
-@click.option("--collect", type=click.Choice(["every", "once"]), help="Collect statistics before every step or once.")
-@click.option("--max-retain-drop", help=f"Budget: stop before retain drops more than this {PCT}.")
-@click.option("--forget-target-drop", help=f"Stop once forget has dropped this much {PCT}.")
+@click.option(
+    "--set",
+    "method_params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any method parameter, e.g. --set importance=rms (repeatable).",
+)
+@click.option(
+    "--importance",
+    type=click.Choice(["freq", "abs", "rms", "std"]),
+    help=f"Selective pruning: neuron importance (default {SP['importance']}).",
+)
+@click.option(
+    "--ff-frac",
+    type=float,
+    help=f"Selective pruning: fraction of feed-forward neurons pruned per step (default {SP['ff_frac']}).",
+)
+@click.option(
+    "--attn-frac",
+    type=float,
+    help=f"Selective pruning: fraction of attention neurons pruned per step (default {SP['attn_frac']}).",
+)
+@click.option("--steps", type=int, help=f"Pruning steps (the most, with a budget; default {SP['steps']}).")
+@click.option(
+    "--scope",
+    type=click.Choice(["global", "layer"]),
+    help=f"Rank neurons across all layers or per layer (default {SP['scope']}).",
+)
+@click.option(
+    "--ablation",
+    type=click.Choice(["zero", "mean"]),
+    help=f"Set pruned neurons to 0 or their retain mean (default {SP['ablation']}).",
+)
+@click.option(
+    "--collect", type=click.Choice(["every", "once"]), help="Collect statistics before every step (default) or once."
+)
+@click.option(
+    "--max-retain-drop", help=f"Budget: stop before retain (on validation chunks) drops more than this {PCT}."
+)
+@click.option("--forget-target-drop", help=f"Stop once forget (on validation chunks) has dropped this much {PCT}.")
 @click.option("--budget-metric", help="Metric for the budget and target (default top1).")
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), help="auto: bf16 on GPU or bf16-capable CPU, else fp32.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
+    help="auto: bf16 on GPU or bf16-capable CPU, else fp32.",
+)
 @click.option("--device", help="auto, cpu or cuda.")
-@click.option("--seq-len", type=int, help="Tokens per chunk (default 256).")
-@click.option("--stats-tokens", type=int, help="Tokens per corpus for statistics (default 4096).")
-@click.option("--eval-tokens", type=int, help="Tokens per corpus for evaluation, disjoint from statistics (default 4096).")
-@click.option("--batch-size", type=int, help="Chunks per forward pass (default 8).")
-@click.option("--seed", type=int, help="Seed for the choice of chunks (default 0).")
+@click.option("--seq-len", type=int, help=f"Tokens per chunk (default {DEFAULTS.seq_len}).")
+@click.option(
+    "--stats-tokens", type=int, help=f"Tokens per corpus for the method's statistics (default {DEFAULTS.stats_tokens})."
+)
+@click.option(
+    "--eval-tokens",
+    type=int,
+    help=f"Held-out tokens per corpus for the reported metrics (default {DEFAULTS.eval_tokens}).",
+)
+@click.option(
+    "--val-tokens",
+    type=int,
+    help=f"Validation tokens per corpus that budgets and targets watch (default {DEFAULTS.val_tokens}).",
+)
+@click.option(
+    "--skip-k", type=int, help=f"Skip-k accuracy ignores the k most frequent tokens (default {DEFAULTS.skip_k})."
+)
+@click.option("--batch-size", type=int, help=f"Chunks per forward pass (default {DEFAULTS.batch_size}).")
+@click.option("--seed", type=int, help=f"Seed for the choice of chunks (default {DEFAULTS.seed}).")
 @click.option("--out", "out_dir", help="Folder that receives run folders (default runs).")
 @click.option("--name", help="Run folder name (default: timestamp-method).")
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
-def run(config_file, model, forget, retain, forget_fields, retain_fields, method, method_params, importance, ff_frac,
-        attn_frac, steps, scope, ablation, collect, max_retain_drop, forget_target_drop, budget_metric, dtype, device,
-        seq_len, stats_tokens, eval_tokens, batch_size, seed, out_dir, name, no_save_model, as_json):
+def run(
+    config_file,
+    model,
+    forget,
+    retain,
+    forget_fields,
+    retain_fields,
+    method,
+    method_params,
+    importance,
+    ff_frac,
+    attn_frac,
+    steps,
+    scope,
+    ablation,
+    collect,
+    max_retain_drop,
+    forget_target_drop,
+    budget_metric,
+    dtype,
+    device,
+    seq_len,
+    stats_tokens,
+    eval_tokens,
+    val_tokens,
+    skip_k,
+    batch_size,
+    seed,
+    out_dir,
+    name,
+    no_save_model,
+    as_json,
+):
     """Unlearn a corpus from a model and write a run folder (config, metrics, model, manifest).
 
     With no options: forget Python code (the standard library's source), keep English prose (Python's
@@ -134,9 +219,21 @@ def run(config_file, model, forget, retain, forget_fields, retain_fields, method
     from .config import load_config_file
 
     values = load_config_file(config_file) if config_file else {}
-    for key, val in (("model", model), ("method", method), ("dtype", dtype), ("device", device),
-                     ("seq_len", seq_len), ("stats_tokens", stats_tokens), ("eval_tokens", eval_tokens),
-                     ("batch_size", batch_size), ("seed", seed), ("out_dir", out_dir), ("name", name)):
+    for key, val in (
+        ("model", model),
+        ("method", method),
+        ("dtype", dtype),
+        ("device", device),
+        ("seq_len", seq_len),
+        ("stats_tokens", stats_tokens),
+        ("eval_tokens", eval_tokens),
+        ("val_tokens", val_tokens),
+        ("skip_k", skip_k),
+        ("batch_size", batch_size),
+        ("seed", seed),
+        ("out_dir", out_dir),
+        ("name", name),
+    ):
         _set(values, key, val)
     for which, source, fields in (("forget", forget, forget_fields), ("retain", retain, retain_fields)):
         if source is not None or fields:
@@ -150,8 +247,14 @@ def run(config_file, model, forget, retain, forget_fields, retain_fields, method
     if no_save_model:
         values["save_model"] = False
     mc = dict(values.get("method_config") or {})
-    for key, val in (("importance", importance), ("ff_frac", ff_frac), ("attn_frac", attn_frac), ("steps", steps),
-                     ("scope", scope), ("ablation", ablation)):
+    for key, val in (
+        ("importance", importance),
+        ("ff_frac", ff_frac),
+        ("attn_frac", attn_frac),
+        ("steps", steps),
+        ("scope", scope),
+        ("ablation", ablation),
+    ):
         _set(mc, key, val)
     if collect:
         mc["recollect"] = collect == "every"
@@ -194,25 +297,59 @@ def _print_summary(result) -> None:
         for metric in ("top1", "top10", "loss"):
             b, a = before[which][metric], after[which][metric]
             change = f"{(a - b) / b:+.1%}" if metric == "loss" else f"-{relative_drop(b, a):.1%}".replace("--", "+")
-            table.add_row(f"{which} ({getattr(result.config, which).source})" if metric == "top1" else "",
-                          metric, f"{b:.4f}", f"{a:.4f}", change)
+            table.add_row(
+                f"{which} ({getattr(result.config, which).source})" if metric == "top1" else "",
+                metric,
+                f"{b:.4f}",
+                f"{a:.4f}",
+                change,
+            )
     console = Console()
     console.print(table)
     pruned = result.manifest["pruned_total"]
-    console.print(f"pruned: {pruned['ff']} feed-forward, {pruned['attn']} attention neurons; "
-                  f"stopped: {result.metrics['stop_reason']}", highlight=False)
+    console.print(
+        f"pruned: {pruned['ff']} feed-forward, {pruned['attn']} attention neurons; "
+        f"stopped: {result.metrics['stop_reason']}",
+        highlight=False,
+    )
     console.print(f"run folder: {result.run_dir}", highlight=False)
 
 
 @main.command("eval")
-@click.option("--model", required=True, help="smollm2-135m, a checkpoint folder (e.g. runs/NAME/model), .gguf file or hub id.")
-@click.option("--data", "data", multiple=True, required=True, help="Corpus to evaluate on (repeatable); same forms as run --forget.")
+@click.option(
+    "--model", required=True, help="smollm2-135m, a checkpoint folder (e.g. runs/NAME/model), .gguf file or hub id."
+)
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    required=True,
+    help="Corpus to evaluate on (repeatable); same forms as run --forget.",
+)
 @click.option("--field", "fields", multiple=True, help="Record field(s) holding the text (default text).")
-@click.option("--eval-tokens", type=int, default=4096, show_default=True, help="Tokens per corpus.")
-@click.option("--seq-len", type=int, default=256, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--skip-k", type=int, default=50, show_default=True, help="Skip-k accuracy ignores the k most frequent tokens.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed as a run = the run's evaluation chunks.")
+@click.option(
+    "--eval-tokens",
+    type=int,
+    default=DEFAULTS.eval_tokens,
+    show_default=True,
+    help="Tokens per corpus (a run's default: the same held-out chunks it reported).",
+)
+@click.option("--seq-len", type=int, default=DEFAULTS.seq_len, show_default=True, help="Tokens per chunk.")
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Chunks per forward pass.")
+@click.option(
+    "--skip-k",
+    type=int,
+    default=DEFAULTS.skip_k,
+    show_default=True,
+    help="Skip-k accuracy ignores the k most frequent tokens.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULTS.seed,
+    show_default=True,
+    help="Same seed as a run = the run's evaluation chunks.",
+)
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--output", type=click.Path(), help="Also write the metrics to this JSON file.")
@@ -225,8 +362,18 @@ def eval_cmd(model, data, fields, eval_tokens, seq_len, batch_size, skip_k, seed
     if eval_tokens < 1 or seq_len < 8 or batch_size < 1 or skip_k < 0:
         raise UnlearnError("--eval-tokens and --batch-size must be positive, --seq-len at least 8, --skip-k >= 0")
     specs = [DataConfig(source=d, fields=list(fields) or ["text"]) for d in data]
-    results = api.evaluate(model, specs, eval_tokens=eval_tokens, seq_len=seq_len, batch_size=batch_size,
-                           skip_k=skip_k, seed=seed, dtype=dtype, device=device, console=_console())
+    results = api.evaluate(
+        model,
+        specs,
+        eval_tokens=eval_tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        skip_k=skip_k,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        console=_console(),
+    )
     if output:
         tmp = f"{output}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:

@@ -54,8 +54,12 @@ class RunConfig(BaseModel):
     seq_len: int = Field(256, ge=8, le=32768, description="tokens per chunk")
     stats_tokens: int = Field(4096, ge=1, description="tokens per corpus for the method's statistics/training")
     eval_tokens: int = Field(4096, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
-    val_tokens: int = Field(2048, ge=0, description="tokens per corpus held out for budgeted stopping (disjoint "
-                                                    "from evaluation and statistics; 0 = none)")
+    val_tokens: int = Field(
+        2048,
+        ge=0,
+        description="tokens per corpus held out for budgeted stopping (disjoint "
+        "from evaluation and statistics; 0 = none)",
+    )
     batch_size: int = Field(8, ge=1)
     skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
     stop: StopConfig = Field(default_factory=StopConfig)

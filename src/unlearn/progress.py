@@ -6,7 +6,8 @@ import contextlib
 
 
 class Reporter:
-    """``task(description, total)`` is a context manager yielding ``advance(n)``; ``log(msg)`` prints a line."""
+    """``task(description, total)`` yields ``advance(n)``; ``stage(msg)`` shows a transient status while a block
+    runs; ``log(msg)`` prints a permanent line."""
 
     def __init__(self, console=None):
         self.console = console
@@ -18,10 +19,26 @@ class Reporter:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("tokens"), TimeElapsedColumn(), console=self.console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tokens"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
             tid = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(tid, n)
+
+    @contextlib.contextmanager
+    def stage(self, message: str):
+        """A transient status line (a spinner on a terminal, nothing elsewhere) while a slow stage runs."""
+        if self.console is None:
+            yield
+            return
+        with self.console.status(message):
+            yield
 
     def log(self, message: str) -> None:
         if self.console is not None:

@@ -1,11 +1,12 @@
-"""Turn documents into fixed-length token chunks with disjoint *statistics* and *evaluation* splits.
+"""Turn documents into fixed-length token chunks with disjoint evaluation, validation and statistics splits.
 
-Documents are cut into segments (long files at paragraph breaks), segments are shuffled with the seed (within the first 64 MB of text),
-tokenised in that order and concatenated with a separator token, and the token stream is cut into chunks of
-``seq_len``. The first ``ceil(eval_tokens / seq_len)`` chunks form the evaluation split, the next
-``ceil(val_tokens / seq_len)`` the validation split (what budgeted stopping watches, so the evaluation split
-stays untouched by any decision), the next ``ceil(stats_tokens / seq_len)`` the statistics split: the splits
-never share a token, and only a segment on a border can contribute to two of them. Only as many segments are tokenised as the budgets need.
+Documents are cut into segments (long files at paragraph breaks), segments are shuffled with the seed (within
+the first 64 MB of text), tokenised in that order and concatenated with a separator token, and the token
+stream is cut into chunks of ``seq_len``. The first ``ceil(eval_tokens / seq_len)`` chunks form the evaluation
+split, the next ``ceil(val_tokens / seq_len)`` the validation split (what budgeted stopping watches, so the
+evaluation split stays untouched by any decision), the next ``ceil(stats_tokens / seq_len)`` the statistics
+split: the splits never share a token, and only a segment on a border can contribute to two of them. Only as
+many segments are tokenised as the budgets need.
 """
 
 from __future__ import annotations
@@ -94,8 +95,17 @@ def special_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(sorted(ids), dtype=torch.long)
 
 
-def build_corpus(name: str, spec: DataSpec, tokenizer, *, seq_len: int, eval_tokens: int, stats_tokens: int,
-                 seed: int, val_tokens: int = 0) -> Corpus:
+def build_corpus(
+    name: str,
+    spec: DataSpec,
+    tokenizer,
+    *,
+    seq_len: int,
+    eval_tokens: int,
+    stats_tokens: int,
+    seed: int,
+    val_tokens: int = 0,
+) -> Corpus:
     """Tokenise just enough of ``spec`` for both budgets; errors name the corpus if it is empty or too short."""
     if seq_len < 8:
         raise UnlearnError(f"seq_len must be at least 8, got {seq_len}")
@@ -134,8 +144,8 @@ def build_corpus(name: str, spec: DataSpec, tokenizer, *, seq_len: int, eval_tok
         name=name,
         spec=spec,
         eval=TokenSplit(ids[:n_eval], special[:n_eval]),
-        stats=TokenSplit(ids[n_eval + n_val:], special[n_eval + n_val:]),
-        val=TokenSplit(ids[n_eval:n_eval + n_val], special[n_eval:n_eval + n_val]) if n_val else None,
+        stats=TokenSplit(ids[n_eval + n_val :], special[n_eval + n_val :]),
+        val=TokenSplit(ids[n_eval : n_eval + n_val], special[n_eval : n_eval + n_val]) if n_val else None,
         n_segments=used,
         sha256=digest,
     )

@@ -64,8 +64,11 @@ def _expand(src: str) -> list[Path]:
             raise UnlearnError(f"no files match {src}")
         return files
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
-                                                                                p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         if not files:
             raise UnlearnError(f"data folder {src} has no files")
         return files
@@ -191,8 +194,12 @@ def prose_only(text: str) -> str:
             doctest = False
         elif line.startswith(">>>"):
             doctest = True
-        if (doctest or not line.strip() or line.startswith((" ", "\t", "+-", "+=", "|"))
-                or _HEADING_UNDERLINE.match(line)):
+        if (
+            doctest
+            or not line.strip()
+            or line.startswith((" ", "\t", "+-", "+=", "|"))
+            or _HEADING_UNDERLINE.match(line)
+        ):
             if current:
                 paragraphs.append(" ".join(current))
                 current = []

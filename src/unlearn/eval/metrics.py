@@ -36,8 +36,9 @@ def frequent_tokens(split: TokenSplit, k: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate_split(model: nn.Module, split: TokenSplit, *, batch_size: int, skip_k: int = 50,
-                   progress=None) -> dict[str, float]:
+def evaluate_split(
+    model: nn.Module, split: TokenSplit, *, batch_size: int, skip_k: int = 50, progress=None
+) -> dict[str, float]:
     """Top-1/top-10 accuracy, skip-k accuracy, loss and perplexity of ``model`` on ``split``."""
     device = next(model.parameters()).device
     skip_ids = frequent_tokens(split, skip_k).to(device)

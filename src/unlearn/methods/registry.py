@@ -50,6 +50,7 @@ def register(name: str, config_cls: type[BaseModel], summary: str):
     def wrap(fn):
         REGISTRY[canonical(name)] = Method(canonical(name), config_cls, fn, summary)
         return fn
+
     return wrap
 
 

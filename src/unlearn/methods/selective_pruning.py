@@ -23,7 +23,8 @@ class SelectivePruningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     importance: Literal["freq", "abs", "rms", "std"] = Field(
-        "abs", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation")
+        "abs", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"
+    )
     ff_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
     attn_frac: float = Field(0.0, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
     steps: int = Field(2, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
@@ -46,7 +47,6 @@ class SelectivePruningConfig(BaseModel):
         return self.eps_ff if kind == "ff" else self.eps_attn
 
 
-
 def scores(forget_stats, retain_stats, cfg: SelectivePruningConfig, kind: str) -> dict[int, torch.Tensor]:
     """Score = I_forget / (I_retain + eps) per neuron, per layer, for one kind of neuron."""
     out = {}
@@ -57,8 +57,9 @@ def scores(forget_stats, retain_stats, cfg: SelectivePruningConfig, kind: str) -
     return out
 
 
-def select(layer_scores: dict[int, torch.Tensor], already: Ablation, kind: str, frac: float,
-           scope: str) -> dict[int, torch.Tensor]:
+def select(
+    layer_scores: dict[int, torch.Tensor], already: Ablation, kind: str, frac: float, scope: str
+) -> dict[int, torch.Tensor]:
     """Indices to prune per layer: the top ``frac`` of all neurons of this kind (global) or of each layer.
 
     Already pruned neurons are never chosen again; ties are broken by position (stable sort) so the result is
@@ -93,8 +94,11 @@ def select(layer_scores: dict[int, torch.Tensor], already: Ablation, kind: str, 
     return chosen
 
 
-@register("selective-pruning", SelectivePruningConfig,
-          "prune neurons far more active on forget than on retain data (Pochinkov & Schoots 2024)")
+@register(
+    "selective-pruning",
+    SelectivePruningConfig,
+    "prune neurons far more active on forget than on retain data (Pochinkov & Schoots 2024)",
+)
 def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     kinds = [k for k in ("ff", "attn") if cfg.fraction(k) > 0]
     for kind in kinds:
@@ -102,8 +106,10 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         pool = per_layer if cfg.scope == "layer" else per_layer * ctx.adapter.n_layers(ctx.model)
         if round(cfg.fraction(kind) * pool) < 1:
             name = "ff_frac" if kind == "ff" else "attn_frac"
-            raise UnlearnError(f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
-                               f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it")
+            raise UnlearnError(
+                f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
+                f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it"
+            )
     ablation = Ablation()
     steps: list[dict] = []
     forget_stats = retain_stats = None
@@ -111,13 +117,19 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     stop_reason = f"completed {cfg.steps} steps"
     for step in range(1, cfg.steps + 1):
         if forget_stats is None or cfg.recollect:
-            forget_stats = ctx.statistics("forget", ablation, kinds)
-            retain_stats = ctx.statistics("retain", ablation, kinds)
+            forget_stats = ctx.statistics("forget", ablation, kinds, needs=(cfg.importance,))
+            retain_stats = ctx.statistics(
+                "retain",
+                ablation,
+                kinds,
+                needs=(cfg.importance, "mean") if cfg.ablation == "mean" else (cfg.importance,),
+            )
         previous = ablation.copy()
         added = {}
         for kind in kinds:
-            chosen = select(scores(forget_stats, retain_stats, cfg, kind), ablation, kind, cfg.fraction(kind),
-                            cfg.scope)
+            chosen = select(
+                scores(forget_stats, retain_stats, cfg, kind), ablation, kind, cfg.fraction(kind), cfg.scope
+            )
             added[kind] = sum(len(v) for v in chosen.values())
             n = ctx.adapter.n_neurons(ctx.model, kind)
             for layer, idx in chosen.items():
@@ -128,8 +140,12 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
             break
         reason, validation = ctx.check_budget(ablation)
         metrics = ctx.evaluate(ablation, label=f"step {step}")
-        record = {"step": step, "pruned_this_step": added,
-                  "pruned_total": {k: ablation.total(k) for k in kinds}, **metrics}
+        record = {
+            "step": step,
+            "pruned_this_step": added,
+            "pruned_total": {k: ablation.total(k) for k in kinds},
+            **metrics,
+        }
         if validation is not None:
             record["validation"] = validation
         if reason and reason.startswith("budget"):

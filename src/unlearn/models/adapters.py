@@ -73,12 +73,31 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2": Adapter("qwen2", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
     "gemma": Adapter("gemma", "model.layers", **_GATED, ff_bias=None, attn_bias="attention_bias"),
     "phi3": Adapter("phi3", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
-    "gpt2": Adapter("gpt2", "transformer.h", ff_out="mlp.c_proj", attn_out="attn.c_proj",
-                    ff_bias="always", attn_bias="always", conv1d=True),
-    "gpt_neox": Adapter("gpt_neox", "gpt_neox.layers", ff_out="mlp.dense_4h_to_h", attn_out="attention.dense",
-                        ff_bias="always", attn_bias="always"),
-    "opt": Adapter("opt", "model.decoder.layers", ff_out="fc2", attn_out="self_attn.out_proj",
-                   ff_bias="enable_bias", attn_bias="enable_bias"),
+    "gpt2": Adapter(
+        "gpt2",
+        "transformer.h",
+        ff_out="mlp.c_proj",
+        attn_out="attn.c_proj",
+        ff_bias="always",
+        attn_bias="always",
+        conv1d=True,
+    ),
+    "gpt_neox": Adapter(
+        "gpt_neox",
+        "gpt_neox.layers",
+        ff_out="mlp.dense_4h_to_h",
+        attn_out="attention.dense",
+        ff_bias="always",
+        attn_bias="always",
+    ),
+    "opt": Adapter(
+        "opt",
+        "model.decoder.layers",
+        ff_out="fc2",
+        attn_out="self_attn.out_proj",
+        ff_bias="enable_bias",
+        attn_bias="enable_bias",
+    ),
 }
 
 

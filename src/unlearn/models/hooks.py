@@ -22,30 +22,56 @@ IMPORTANCE = ("freq", "abs", "rms", "std")
 
 @dataclass
 class NeuronStats:
-    """Sufficient statistics of one hook point over the valid (non-special) tokens seen so far."""
+    """Sufficient statistics of one hook point over the valid (non-special) tokens seen so far (float64).
+
+    A statistic that was not collected is ``None``; ``m2`` is the sum of squared deviations from the mean
+    (exact for ``std``; when absent, ``std`` falls back to ``E x² − (E x)²``).
+    """
 
     count: int
-    positive: torch.Tensor  # number of tokens with x > 0, per neuron (float64)
-    abs_sum: torch.Tensor
-    sum: torch.Tensor
-    sq_sum: torch.Tensor
+    positive: torch.Tensor | None  # number of tokens with x > 0, per neuron
+    abs_sum: torch.Tensor | None
+    sum: torch.Tensor | None
+    sq_sum: torch.Tensor | None
+    m2: torch.Tensor | None = None
 
     def importance(self, kind: str) -> torch.Tensor:
-        """``freq`` = P(x > 0); ``abs`` = E|x|; ``rms`` = sqrt(E x²); ``std`` = sqrt(E x² − (E x)²)."""
+        """``freq`` = P(x > 0); ``abs`` = E|x|; ``rms`` = sqrt(E x²); ``std`` = sqrt(E (x − E x)²)."""
         n = max(self.count, 1)
+        if kind not in IMPORTANCE:
+            raise ValueError(f"unknown importance function {kind!r}")
+        if kind == "std" and self.m2 is not None:
+            return (self.m2 / n).clamp_min(0).sqrt()
+        needed = {"freq": ("positive",), "abs": ("abs_sum",), "rms": ("sq_sum",), "std": ("sum", "sq_sum")}[kind]
+        if any(getattr(self, f) is None for f in needed):
+            raise ValueError(f"importance {kind!r} was not collected")
         if kind == "freq":
             return self.positive / n
         if kind == "abs":
             return self.abs_sum / n
         if kind == "rms":
             return (self.sq_sum / n).sqrt()
-        if kind == "std":
-            return (self.sq_sum / n - (self.sum / n) ** 2).clamp_min(0).sqrt()
-        raise ValueError(f"unknown importance function {kind!r}")
+        return (self.sq_sum / n - (self.sum / n) ** 2).clamp_min(0).sqrt()
 
     @property
     def mean(self) -> torch.Tensor:
+        if self.sum is None:
+            raise ValueError("the mean was not collected")
         return self.sum / max(self.count, 1)
+
+
+# What each statistic needs per batch: reductions over the token rows, float32 within a batch, float64 across.
+_REDUCE = {
+    "positive": lambda x: (x > 0).sum(0, dtype=torch.int32).double(),
+    "abs_sum": lambda x: x.abs().sum(0, dtype=torch.float32).double(),
+    "sum": lambda x: x.sum(0, dtype=torch.float32).double(),
+    # bf16 squares carry ~3e-4 relative error in the sum (fine for ranking) and cost a third less than
+    # upcasting first; fp16 squares could overflow, so fp16 and fp32 square in fp32
+    "sq_sum": lambda x: (
+        (x.square() if x.dtype == torch.bfloat16 else x.float().square()).sum(0, dtype=torch.float32).double()
+    ),
+}
+NEEDS = {"freq": {"positive"}, "abs": {"abs_sum"}, "rms": {"sq_sum"}, "std": {"sum", "m2"}, "mean": {"sum"}}
 
 
 def hook_points(model: nn.Module, adapter: Adapter, kinds=KINDS) -> list[Point]:
@@ -58,45 +84,87 @@ def body(model: nn.Module) -> nn.Module:
 
 
 @torch.inference_mode()
-def collect_statistics(model: nn.Module, adapter: Adapter, split: TokenSplit, *, batch_size: int,
-                       kinds=KINDS, progress=None) -> dict[Point, NeuronStats]:
+def collect_statistics(
+    model: nn.Module,
+    adapter: Adapter,
+    split: TokenSplit,
+    *,
+    batch_size: int,
+    kinds=KINDS,
+    needs=("freq", "abs", "rms", "std", "mean"),
+    progress=None,
+) -> dict[Point, NeuronStats]:
     """Run ``split`` through the model body and return per-neuron statistics at every hook point.
 
-    Special tokens (separators, BOS, pad) are excluded. ``progress(n_tokens)`` is called after each batch.
+    ``needs`` names the importance functions (and ``mean``) wanted; only their statistics are computed, each one
+    reduction over the batch's token rows. Special tokens (separators, BOS, pad) are excluded by zeroing their
+    rows for the reductions (their activations can be huge, so subtracting them afterwards would cancel badly).
+    ``std`` merges per-batch centred sums (Chan et al.), so it stays exact where the standard deviation is tiny
+    next to the mean.
+    ``progress(n_tokens)`` is called after each batch.
     """
     device = next(model.parameters()).device
-    points = hook_points(model, adapter, kinds)
-    acc = {p: None for p in points}
+    fields = set().union(*(NEEDS[n] for n in needs))
+    sums = [f for f in ("positive", "abs_sum", "sum", "sq_sum") if f in fields or (f == "sum" and "m2" in fields)]
+    acc: dict[Point, dict] = {p: {} for p in hook_points(model, adapter, kinds)}
     state: dict = {}
 
     def make_hook(point):
         def hook(_module, args):
-            x = args[0]
-            # reduce in float64: std = sqrt(E x² − (E x)²) cancels badly in float32 when std << |mean|
-            flat = x.reshape(-1, x.shape[-1]).index_select(0, state["rows"]).double()
-            sums = torch.stack([(flat > 0).sum(0, dtype=flat.dtype), flat.abs().sum(0), flat.sum(0),
-                                flat.square().sum(0)])
-            acc[point] = sums if acc[point] is None else acc[point] + sums
+            x = args[0].reshape(-1, args[0].shape[-1])
+            idx = state["special"]
+            # Zero the few special rows in place (zero rows add nothing to the sums below) and put them back
+            # before the projection runs: far cheaper than copying the whole activation to mask it.
+            saved = x.index_select(0, idx) if len(idx) else None
+            if saved is not None:
+                x.index_fill_(0, idx, 0)
+            try:
+                n = state["n"]
+                got = {f: _REDUCE[f](x) for f in sums}
+                if "m2" in fields and n:
+                    mean = got["sum"] / n
+                    # the zeroed rows each add mean² to the centred sum: take it out again
+                    m2 = (x.float() - mean.float()).square().sum(0).double() - len(idx) * mean.square()
+                    _merge_m2(acc[point], n, mean, m2)
+            finally:
+                if saved is not None:
+                    x.index_copy_(0, idx, saved)
+            for f, v in got.items():
+                acc[point][f] = acc[point][f] + v if f in acc[point] else v
+
         return hook
 
-    handles = [adapter.out_proj(model, layer, kind).register_forward_pre_hook(make_hook((kind, layer)))
-               for kind, layer in points]
+    handles = [
+        adapter.out_proj(model, layer, kind).register_forward_pre_hook(make_hook((kind, layer))) for kind, layer in acc
+    ]
     count = 0
     try:
         for ids, special in split.batches(batch_size):
-            state["rows"] = (~special).reshape(-1).nonzero().squeeze(1).to(device)
-            count += int(state["rows"].numel())
+            state["special"] = special.reshape(-1).nonzero().squeeze(1).to(device)
+            state["n"] = int(special.numel()) - len(state["special"])
+            count += state["n"]
             body(model)(input_ids=ids.to(device), use_cache=False)
             if progress:
                 progress(ids.numel())
     finally:
         for h in handles:
             h.remove()
-    out = {}
-    for p, s in acc.items():
-        s = s.cpu()
-        out[p] = NeuronStats(count, s[0], s[1], s[2], s[3])
-    return out
+    return {
+        p: NeuronStats(count, *(a[f].cpu() if f in a else None for f in ("positive", "abs_sum", "sum", "sq_sum", "m2")))
+        for p, a in acc.items()
+    }
+
+
+def _merge_m2(acc: dict, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+    """Chan et al.'s pairwise update of (count, mean, sum of squared deviations) with one batch's values."""
+    if "m2" not in acc:
+        acc["_n"], acc["_mean"], acc["m2"] = n, mean, m2
+        return
+    total = acc["_n"] + n
+    delta = mean - acc["_mean"]
+    acc["_mean"] = acc["_mean"] + delta * (n / total)
+    acc["m2"] = acc["m2"] + m2 + delta.square() * (acc["_n"] * n / total)
+    acc["_n"] = total
 
 
 @dataclass
@@ -127,8 +195,14 @@ class Ablation:
         return out
 
     def indices(self) -> dict[str, dict[int, list[int]]]:
-        return {kind: {layer: m.nonzero().squeeze(1).tolist() for (k, layer), m in sorted(self.pruned.items())
-                       if k == kind and m.any()} for kind in sorted({k for k, _ in self.pruned})}
+        return {
+            kind: {
+                layer: m.nonzero().squeeze(1).tolist()
+                for (k, layer), m in sorted(self.pruned.items())
+                if k == kind and m.any()
+            }
+            for kind in sorted({k for k, _ in self.pruned})
+        }
 
     def total(self, kind: str) -> int:
         return sum(int(m.sum()) for (k, _), m in self.pruned.items() if k == kind)
@@ -145,8 +219,11 @@ def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation):
         dtype, device = module.weight.dtype, module.weight.device
         keep = (~mask).to(dtype=dtype, device=device)
         fill = (ablation.fill[(kind, layer)] * mask).to(dtype=dtype, device=device)
-        handles.append(module.register_forward_pre_hook(
-            lambda _m, args, keep=keep, fill=fill: (args[0] * keep + fill,) + tuple(args[1:])))
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda _m, args, keep=keep, fill=fill: (args[0] * keep + fill,) + tuple(args[1:])
+            )
+        )
     try:
         yield model
     finally:

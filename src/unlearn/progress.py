@@ -14,7 +14,7 @@ class Reporter:
 
     @contextlib.contextmanager
     def task(self, description: str, total: int):
-        if self.console is None:
+        if self.console is None or not self.console.is_terminal:  # bars only make sense on a terminal
             yield lambda n=1: None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,4 +42,4 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self.console is not None:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)

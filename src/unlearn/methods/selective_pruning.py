@@ -23,11 +23,11 @@ class SelectivePruningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     importance: Literal["freq", "abs", "rms", "std"] = Field(
-        "abs", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"
+        "rms", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"
     )
-    ff_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
-    attn_frac: float = Field(0.0, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
-    steps: int = Field(2, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
+    ff_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
+    attn_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
+    steps: int = Field(6, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
     scope: Literal["global", "layer"] = Field("global", description="rank neurons across all layers or per layer")
     ablation: Literal["zero", "mean"] = Field("zero", description="set pruned neurons to 0 or to their retain mean")
     eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for feed-forward neurons")

@@ -238,3 +238,48 @@ def test_console_script_exit_code_and_single_line(env):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ")
     assert proc.stdout == ""
+
+
+def test_run_with_evaluation_suites(env):
+    geo = env["tmp"] / "geo.csv"
+    geo.write_text("question,choice0,choice1,answer\nWhich?,red,green,1\nWhat?,blue,yellow,0\n", encoding="utf-8")
+    code, out, err = invoke(
+        *env["base"],
+        "--name",
+        "ev",
+        "--ff-frac",
+        "0.25",
+        "--attn-frac",
+        "0",
+        "--steps",
+        "1",
+        "--eval",
+        f"mcq:{geo}",
+        "--eval",
+        f"lm:{env['prose']}",
+    )
+    assert code == 0, err
+    assert "suite mcq: eval/mcq.json" in out
+    run_dir = env["out"] / "ev"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    before = json.loads((run_dir / "eval" / "before" / "mcq.json").read_text())
+    after = json.loads((run_dir / "eval" / "mcq.json").read_text())
+    assert (
+        metrics["suites"]["before"]["mcq"] == before["summary"]
+        and metrics["suites"]["after"]["mcq"] == after["summary"]
+    )
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert after["model"]["sha256"] == manifest["model"]["sha256_after"]
+    assert before["model"]["sha256"] == manifest["model"]["sha256_before"]
+    lm_after = json.loads((run_dir / "eval" / "lm.json").read_text())["summary"]["prose"]
+    assert lm_after["specificity_kl"] > 0  # pruned model vs the original
+    # `unlearn eval` on the run's model reuses what the run computed
+    code, out, err = invoke(
+        "eval", "--model", str(run_dir / "model"), "--suite", "mcq", "--data", str(geo), "--dtype", "fp32", "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["reused"] == ["geo"]
+    code, _, err = invoke(*env["base"], "--name", "bad", "--eval", "mcq")
+    assert code == 2 and "--eval expects SUITE:DATA" in err
+    code, _, err = invoke(*env["base"], "--name", "bad", "--eval", f"nope:{geo}")
+    assert code == 2 and "unknown suite 'nope'" in err and not (env["out"] / "bad").exists()

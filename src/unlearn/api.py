@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +215,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
     for data in (cfg.forget, cfg.retain):
         _check_data_exists(data.spec())
+    _check_evals(cfg)
     folder = RunFolder(cfg.out_dir, cfg.name, method.name)
     folder.check()
     torch.manual_seed(cfg.seed)
@@ -235,20 +238,35 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     start = time.perf_counter()
     ctx.baseline = ctx.evaluate(label="before")
     timings["baseline_evaluation"] = time.perf_counter() - start
+    scratch = tempfile.TemporaryDirectory(prefix="unlearn-eval-")  # suite results, moved into the run folder
+    suites = {"before": {}, "after": {}}
+    start = time.perf_counter()
+    for spec in cfg.evals:
+        suites["before"][spec.suite] = _run_eval(spec, loaded, cfg, Path(scratch.name) / "before", reporter)
+    timings["suites_before"] = time.perf_counter() - start
 
     start = time.perf_counter()
     result = method.run(ctx, method_cfg)
     timings["method"] = time.perf_counter() - start
     after = result.final if result.final is not None else ctx.evaluate(result.ablation, label="after")
+    # the unlearned model as it is saved: hooks folded into the weights (the working copy is changed in place)
+    model = fold(loaded.model, adapter, result.ablation) if result.ablation else loaded.model
+    start = time.perf_counter()
+    unlearned = LoadedModel(model, loaded.tokenizer, loaded.spec, loaded.source, loaded.dtype, loaded.device)
+    for spec in cfg.evals:
+        suites["after"][spec.suite] = _run_eval(spec, unlearned, cfg, Path(scratch.name) / "after", reporter)
+    timings["suites_after"] = time.perf_counter() - start
 
-    with folder:
+    with folder, scratch:
         start = time.perf_counter()
         files = {}
         out_hash = None
         if cfg.save_model:
-            model = fold(loaded.model, adapter, result.ablation) if result.ablation else loaded.model
             files = save_checkpoint(model, loaded.tokenizer, folder.path("model"))
             out_hash = state_dict_hash(model)
+        if cfg.evals:
+            shutil.copytree(Path(scratch.name) / "after" / "eval", folder.path("eval"))
+            shutil.copytree(Path(scratch.name) / "before" / "eval", folder.path("eval", "before"))
         timings["save"] = time.perf_counter() - start
         timings.update({k: round(v, 3) for k, v in ctx.timings.items()})
         timings["total"] = time.perf_counter() - t0
@@ -260,6 +278,8 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
             "after": after,
             "stop_reason": result.stop_reason,
         }
+        if cfg.evals:
+            metrics["suites"] = suites
         manifest = {
             "unlearn_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -299,6 +319,39 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     return RunResult(folder.final, metrics, manifest, cfg)
 
 
+def _check_evals(cfg: RunConfig) -> None:
+    """Validate the run's evaluation suites (names, settings, data) before any expensive work."""
+    from .eval.suites import get_suite, resolve_parts
+
+    seen = set()
+    for spec in cfg.evals:
+        suite = get_suite(spec.suite)
+        if spec.suite in seen:
+            raise UnlearnError(f"suite {spec.suite!r} listed twice in evals: merge its data into one entry")
+        seen.add(spec.suite)
+        suite.make_config(spec.settings)
+        resolve_parts(suite, spec.data)
+
+
+def _run_eval(spec, loaded: LoadedModel, cfg: RunConfig, out: Path, reporter: Reporter) -> dict:
+    """One suite on the run's model (before or after unlearning); the summary (the file goes under ``out``)."""
+    result = evaluate_suite(
+        cfg.model,
+        spec.suite,
+        spec.data,
+        settings=spec.settings,
+        reference=spec.reference,
+        original=cfg.model,
+        out=out,
+        batch_size=cfg.batch_size,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        console=reporter.console,
+        loaded=loaded,
+    )
+    return result["summary"]
+
+
 _D = RunConfig()
 
 
@@ -334,6 +387,122 @@ def evaluate(
                 loaded.model, corpus.eval, batch_size=batch_size, skip_k=skip_k, progress=advance
             )
     return out
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text.strip("/")).strip("-.")[-80:] or "model"
+
+
+def _run_folder_of(model: str) -> Path | None:
+    """The run folder that holds ``model`` (``runs/NAME/model``), if it is one."""
+    p = Path(model)
+    return p.parent if p.is_dir() and (p.parent / "manifest.json").is_file() else None
+
+
+def _original_of(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return m.get("spec") if m.get("spec") == "smollm2-135m" else m.get("source") or m.get("spec")
+
+
+def evaluate_suite(
+    model: str,
+    suite: str,
+    data: list[str],
+    *,
+    settings: dict | None = None,
+    reference: str | None = None,
+    original: str | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = _D.batch_size,
+    dtype: str = "auto",
+    device: str = "auto",
+    console=None,
+    loaded: LoadedModel | None = None,
+) -> dict:
+    """Run an evaluation suite (``tofu``, ``muse``, ``rwku``, ``mcq``, ``lm``, ``mia``) on ``model``.
+
+    ``data`` lists benchmark folders, files or ``PART=PATH`` entries; ``settings`` the suite's settings (see
+    ``unlearn suites``). ``reference`` (a model or its saved ``eval/<suite>.json``) serves forget quality,
+    PrivLeak and reference attacks; ``original`` (default: the model a run folder started from) serves
+    specificity and fluency. Results go to ``OUT/eval/<suite>.json`` (default ``OUT``: the run folder holding
+    ``model``, else ``evals/<model>``), and parts computed earlier for the same model, data and settings are
+    reused unless ``overwrite``. Returns the results file's content plus ``path``, ``reused`` and ``computed``.
+    """
+    from .eval.scoring import Scorer, Template
+    from .eval.store import ResultStore
+    from .eval.suites import ModelHandle, SuiteContext, get_suite, resolve_parts
+
+    reporter = Reporter(console)
+    s = get_suite(suite)
+    cfg = s.make_config(settings)
+    if batch_size < 1:
+        raise UnlearnError("batch size must be at least 1")
+    files = resolve_parts(s, list(data))
+    run_dir = _run_folder_of(model) if loaded is None else None
+    out_dir = Path(out) if out is not None else run_dir or Path("evals") / _slug(model)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UnlearnError(f"output folder {out_dir} is a file: choose another --out")
+    if original is None and run_dir is not None and "original" in s.uses:
+        original = _original_of(run_dir)
+
+    def load(spec: str) -> LoadedModel:
+        with reporter.stage(f"loading model {spec}"):
+            return load_model(spec, dtype, device, log=reporter.log)
+
+    ref = ModelHandle(reference, "reference", load, batch_size, reporter.task) if reference else None
+    orig = ModelHandle(original, "original", load, batch_size, reporter.task) if original else None
+    if loaded is None:
+        loaded = load(model)
+    start = time.perf_counter()
+    scorer = Scorer(loaded.model, loaded.tokenizer, batch_size=batch_size, progress=reporter.task)
+    template = Template(loaded.tokenizer, cfg.template)
+    sha = state_dict_hash(loaded.model)
+    store = ResultStore(
+        out_dir / "eval" / f"{s.name}.json",
+        s.name,
+        {"spec": model, "source": loaded.source, "sha256": sha, "dtype": loaded.dtype},
+        overwrite=overwrite,
+    )
+    ctx = SuiteContext(s, cfg, scorer, template, store, files, sha, ref, orig, log=reporter.log)
+    summary = s.run(ctx, cfg)
+    result = store.finish(
+        summary,
+        keep=store.reused + ctx.computed,
+        extra={
+            "settings": cfg.model_dump(),
+            "template": template.mode,
+            "data": files,
+            "reference": reference,
+            "original": original,
+            "timings_s": {"total": round(time.perf_counter() - start, 3), **scorer.timings()},
+        },
+    )
+    return {**result, "path": str(store.path), "reused": store.reused, "computed": ctx.computed}
+
+
+def suites() -> dict[str, dict]:
+    """Registered evaluation suites: summary, parts (standard file names) and settings."""
+    from .eval.suites import SUITES
+
+    return {
+        name: {
+            "summary": st.summary,
+            "parts": st.parts or "any number of files (one part each)",
+            "uses": list(st.uses),
+            "settings": {
+                k: {"default": f.default, "description": f.description} for k, f in st.config_cls.model_fields.items()
+            },
+        }
+        for name, st in sorted(SUITES.items())
+    }
 
 
 def methods() -> dict[str, dict]:

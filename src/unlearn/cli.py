@@ -85,8 +85,9 @@ def main():
 
     \b
     unlearn run        unlearn (defaults: forget Python code, keep English prose, on the bundled SmolLM2-135M)
-    unlearn eval       next-token metrics of any model on any corpus
+    unlearn eval       evaluate any model: suites (TOFU, MUSE, RWKU, MCQ, LM, MIA) or next-token metrics
     unlearn methods    the registered unlearning methods and their parameters
+    unlearn suites     the evaluation suites, their data parts and settings
     """
 
 
@@ -175,6 +176,14 @@ def _set(d: dict, key: str, value) -> None:
 @click.option("--seed", type=int, help=f"Seed for the choice of chunks (default {DEFAULTS.seed}).")
 @click.option("--out", "out_dir", help="Folder that receives run folders (default runs).")
 @click.option("--name", help="Run folder name (default: timestamp-method).")
+@click.option(
+    "--eval",
+    "evals",
+    multiple=True,
+    metavar="SUITE:DATA[,DATA]",
+    help="Also evaluate with a suite before and after, e.g. --eval mcq:mmlu/test/geo.csv (repeatable; settings "
+    "and references via --config evals).",
+)
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
 def run(
@@ -207,6 +216,7 @@ def run(
     seed,
     out_dir,
     name,
+    evals,
     no_save_model,
     as_json,
 ):
@@ -246,6 +256,11 @@ def run(
             values[which] = data
     if no_save_model:
         values["save_model"] = False
+    for item in evals:
+        suite, sep, data = item.partition(":")
+        if not sep or not suite or not data:
+            raise UnlearnError(f"--eval expects SUITE:DATA, got {item!r}")
+        values["evals"] = [*(values.get("evals") or []), {"suite": suite, "data": data.split(",")}]
     mc = dict(values.get("method_config") or {})
     for key, val in (
         ("importance", importance),
@@ -258,13 +273,7 @@ def run(
         _set(mc, key, val)
     if collect:
         mc["recollect"] = collect == "every"
-    for item in method_params:
-        if "=" not in item:
-            raise UnlearnError(f"--set expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        import yaml
-
-        mc[key.strip()] = yaml.safe_load(raw)
+    mc.update(_key_values(method_params, "--set"))
     if mc:
         values["method_config"] = mc
     stop = dict(values.get("stop") or {})
@@ -312,6 +321,8 @@ def _print_summary(result) -> None:
         f"stopped: {result.metrics['stop_reason']}",
         highlight=False,
     )
+    for suite in result.metrics.get("suites", {}).get("after", {}):
+        console.print(f"suite {suite}: eval/{suite}.json (before: eval/before/{suite}.json)", highlight=False)
     console.print(f"run folder: {result.run_dir}", highlight=False)
 
 
@@ -320,13 +331,30 @@ def _print_summary(result) -> None:
     "--model", required=True, help="smollm2-135m, a checkpoint folder (e.g. runs/NAME/model), .gguf file or hub id."
 )
 @click.option(
+    "--suite",
+    help="Evaluation suite: tofu, muse, rwku, mcq, lm or mia (see `unlearn suites`). Without it: next-token "
+    "metrics of each --data corpus.",
+)
+@click.option(
     "--data",
     "data",
     multiple=True,
     required=True,
-    help="Corpus to evaluate on (repeatable); same forms as run --forget.",
+    help="Repeatable. With --suite: a benchmark folder, a file, or PART=PATH; else a corpus (as run --forget).",
 )
 @click.option("--field", "fields", multiple=True, help="Record field(s) holding the text (default text).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A suite setting (repeatable).")
+@click.option("--limit", type=int, help="Suite: only the first N records of each part.")
+@click.option("--shots", type=int, help="Suite mcq: few-shot examples per question (0-5).")
+@click.option(
+    "--template",
+    type=click.Choice(["auto", "chat", "plain"]),
+    help="Suite: QA prompts with the tokenizer's chat template or plain 'Question: ... Answer:' (default auto).",
+)
+@click.option("--reference", help="Suite: reference model or its eval/<suite>.json (TOFU forget quality, PrivLeak).")
+@click.option("--original", help="Suite: the model before unlearning (specificity, fluency); default from the run.")
+@click.option("--out", "out_dir", help="Suite: results go to OUT/eval/<suite>.json (default: the run folder).")
+@click.option("--overwrite", is_flag=True, help="Suite: recompute parts already in the results file.")
 @click.option(
     "--eval-tokens",
     type=int,
@@ -335,7 +363,9 @@ def _print_summary(result) -> None:
     help="Tokens per corpus (a run's default: the same held-out chunks it reported).",
 )
 @click.option("--seq-len", type=int, default=DEFAULTS.seq_len, show_default=True, help="Tokens per chunk.")
-@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Chunks per forward pass.")
+@click.option(
+    "--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Sequences per forward pass."
+)
 @click.option(
     "--skip-k",
     type=int,
@@ -354,13 +384,79 @@ def _print_summary(result) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--output", type=click.Path(), help="Also write the metrics to this JSON file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def eval_cmd(model, data, fields, eval_tokens, seq_len, batch_size, skip_k, seed, dtype, device, output, as_json):
-    """Next-token metrics (top-1, top-10, skip-k, loss, perplexity) of a model on one or more corpora."""
+def eval_cmd(
+    model,
+    suite,
+    data,
+    fields,
+    settings,
+    limit,
+    shots,
+    template,
+    reference,
+    original,
+    out_dir,
+    overwrite,
+    eval_tokens,
+    seq_len,
+    batch_size,
+    skip_k,
+    seed,
+    dtype,
+    device,
+    output,
+    as_json,
+):
+    """Evaluate a model: an evaluation suite (TOFU, MUSE, RWKU, multiple choice, LM, membership inference) or
+    next-token metrics (top-1, top-10, skip-k, loss, perplexity) on corpora."""
     from . import api
     from .config import DataConfig
 
     if eval_tokens < 1 or seq_len < 8 or batch_size < 1 or skip_k < 0:
         raise UnlearnError("--eval-tokens and --batch-size must be positive, --seq-len at least 8, --skip-k >= 0")
+    if suite:
+        values = _key_values(settings, "--set")
+        for key, val in (("limit", limit), ("shots", shots), ("template", template)):
+            _set(values, key, val)
+        if suite == "lm":
+            values = {"eval_tokens": eval_tokens, "seq_len": seq_len, "skip_k": skip_k, "seed": seed, **values}
+            if fields:
+                values.setdefault("field", fields[0])
+        result = api.evaluate_suite(
+            model,
+            suite,
+            list(data),
+            settings=values,
+            reference=reference,
+            original=original,
+            out=out_dir,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            console=_console(),
+        )
+        _write_output(output, result)
+        if as_json:
+            click.echo(json.dumps(result, indent=2, default=str))
+        else:
+            _print_suite(result)
+        return
+    unused = [
+        f
+        for f, v in (
+            ("--set", settings),
+            ("--limit", limit),
+            ("--shots", shots),
+            ("--reference", reference),
+            ("--original", original),
+            ("--out", out_dir),
+            ("--template", template),
+        )
+        if v
+    ]
+    if unused or overwrite:
+        raise UnlearnError(f"{(unused or ['--overwrite'])[0]} needs --suite")
     specs = [DataConfig(source=d, fields=list(fields) or ["text"]) for d in data]
     results = api.evaluate(
         model,
@@ -374,11 +470,7 @@ def eval_cmd(model, data, fields, eval_tokens, seq_len, batch_size, skip_k, seed
         device=device,
         console=_console(),
     )
-    if output:
-        tmp = f"{output}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"model": model, "results": results}, fh, indent=2)
-        os.replace(tmp, output)
+    _write_output(output, {"model": model, "results": results})
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -393,6 +485,77 @@ def eval_cmd(model, data, fields, eval_tokens, seq_len, batch_size, skip_k, seed
     for name, m in results.items():
         table.add_row(name, *[f"{m[k]:.4f}" if isinstance(m[k], float) else str(m[k]) for k in keys])
     Console().print(table)
+
+
+def _key_values(items, flag: str) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UnlearnError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def _write_output(output: str | None, data) -> None:
+    if not output:
+        return
+    tmp = f"{output}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise UnlearnError(f"cannot write {output}: {exc.strerror}") from exc
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            rows += _flatten(v, f"{prefix}{k}.")
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
+def _print_suite(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['suite']} on {result['model']['spec']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(result["summary"]):
+        shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    console = Console()
+    console.print(table)
+    reused = f" (reused: {', '.join(result['reused'])})" if result["reused"] else ""
+    console.print(f"per-sample results: {result['path']}{reused}", highlight=False, soft_wrap=True)
+
+
+@main.command("suites")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def suites_cmd(as_json):
+    """List the evaluation suites, their parts (file names in a benchmark folder) and settings."""
+    from . import api
+
+    info = api.suites()
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for name, st in info.items():
+        click.echo(f"{name}: {st['summary']}")
+        parts = st["parts"] if isinstance(st["parts"], str) else ", ".join(f"{k}={v}" for k, v in st["parts"].items())
+        click.echo(f"    parts: {parts}")
+        for key, p in st["settings"].items():
+            click.echo(f"    {key} = {p['default']!r}  {p['description'] or ''}")
 
 
 @main.command("methods")

@@ -41,6 +41,23 @@ class StopConfig(BaseModel):
     forget_target_drop: float | None = Field(None, gt=0, le=1, description="stop once forget dropped this much")
 
 
+class EvalSpec(BaseModel):
+    """An evaluation suite that a run applies to the model before and after unlearning."""
+
+    model_config = ConfigDict(extra="forbid")
+    suite: str = Field(description="tofu, muse, rwku, mcq, lm or mia (see unlearn suites)")
+    data: list[str] = Field(description="benchmark folders, files or PART=PATH entries")
+    settings: dict = Field(default_factory=dict, description="suite settings (see unlearn suites)")
+    reference: str | None = Field(None, description="reference model or its eval/<suite>.json")
+
+    @field_validator("data")
+    @classmethod
+    def _some_data(cls, v):
+        if not v:
+            raise ValueError("an evaluation suite needs at least one data entry")
+        return v
+
+
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +80,7 @@ class RunConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
     stop: StopConfig = Field(default_factory=StopConfig)
+    evals: list[EvalSpec] = Field(default_factory=list, description="suites evaluated before and after unlearning")
     seed: int = 0
     out_dir: str = "runs"
     name: str | None = Field(None, description="run folder name (default: timestamp-method)")

@@ -50,7 +50,8 @@ def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
     elif src == "english-prose":
         yield from _pydoc_prose()
     elif src.startswith("hf:"):
-        yield from _hf_dataset(src[3:], spec)
+        for where, rec in _hf_records(src[3:], spec.hf_config, spec.hf_split):
+            yield where, _record_text(rec, spec.fields, where)
     else:
         for path in _expand(src):
             yield from _read_path(path, spec.fields)
@@ -86,19 +87,47 @@ def _read_text(path: Path) -> str:
         raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
 
 
+def iter_records(source: str, *, hf_config: str | None = None, hf_split: str = "train") -> Iterator[tuple[str, dict]]:
+    """Yield ``(where, record)`` for a structured file (.jsonl/.json/.csv/.parquet), a folder/glob of them, or hf:NAME.
+
+    ``where`` is ``path:line`` (JSONL, CSV), ``path[i]`` (JSON, Parquet) or ``hf:NAME[i]``. Records come lazily and in
+    file order; a file that is not structured, a record that is not an object or a file that cannot be parsed raises
+    :class:`UnlearnError` naming the place.
+    """
+    if source.startswith("hf:"):
+        records = _hf_records(source[3:], hf_config, hf_split)
+    else:
+        paths = _expand(source)
+        for path in paths:
+            if path.suffix.lower() not in STRUCTURED:
+                raise UnlearnError(f"{path} is not a structured data file ({', '.join(STRUCTURED)})")
+        records = (item for path in paths for item in _structured_records(path))
+    for where, rec in records:
+        if not isinstance(rec, dict):
+            raise UnlearnError(f"{where}: expected an object with named fields, got {type(rec).__name__}")
+        yield where, rec
+
+
+def missing_field(where: str, field: str, rec: dict, alternative: str = "") -> UnlearnError:
+    """The error for a record without ``field``: names the place, the field and the fields the record has."""
+    has = ", ".join(str(k) for k in rec if k is not None) or "none"
+    return UnlearnError(f"{where}: missing field {field!r}{alternative} (has {has})")
+
+
 def _record_text(rec, fields, where: str) -> str:
     if not isinstance(rec, dict):
         raise UnlearnError(f"{where}: expected an object with field {fields[0]!r}, got {type(rec).__name__}")
     parts = []
     for field in fields:
         if field not in rec:
-            raise UnlearnError(f"{where}: missing field {field!r} (has {', '.join(map(str, rec)) or 'none'})")
+            raise missing_field(where, field, rec)
         value = rec[field]
         parts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
     return "\n".join(parts)
 
 
-def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+def _structured_records(path: Path) -> Iterator[tuple[str, object]]:
+    """``(where, record)`` for each record of a .jsonl/.json/.csv/.parquet file, in file order."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         # split at \n only: str.splitlines() also splits at U+2028, \x0c, ... which JSON strings may hold raw
@@ -108,21 +137,23 @@ def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise UnlearnError(f"{path}:{i}: invalid JSON ({exc.msg})") from exc
-                yield f"{path}:{i}", _record_text(rec, fields, f"{path}:{i}")
+                yield f"{path}:{i}", rec
     elif suffix == ".json":
         try:
             data = json.loads(_read_text(path))
         except json.JSONDecodeError as exc:
             raise UnlearnError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
-        records = data if isinstance(data, list) else [data]
-        for i, rec in enumerate(records):
-            yield f"{path}[{i}]", _record_text(rec, fields, f"{path}[{i}]")
+        for i, rec in enumerate(data if isinstance(data, list) else [data]):
+            yield f"{path}[{i}]", rec
     elif suffix == ".csv":
         # a file object, not splitlines(): quoted fields may span lines (and hold \x0c, U+2028, ...)
         reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-        for i, rec in enumerate(reader, 2):
-            yield f"{path}:{i}", _record_text(rec, fields, f"{path}:{i}")
-    elif suffix == ".parquet":
+        _ = reader.fieldnames  # reads the header, which may span lines too
+        end = reader.line_num
+        for rec in reader:
+            yield f"{path}:{end + 1}", rec  # the record's first line
+            end = reader.line_num
+    else:  # .parquet
         try:
             import pyarrow.parquet as pq
         except ImportError as exc:
@@ -132,29 +163,35 @@ def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]
         except Exception as exc:  # noqa: BLE001 - pyarrow raises its own hierarchy
             raise UnlearnError(f"{path}: not a readable parquet file ({exc})".splitlines()[0]) from exc
         for i, rec in enumerate(rows):
-            yield f"{path}[{i}]", _record_text(rec, fields, f"{path}[{i}]")
-    else:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
-        if b"\0" in raw[:4096]:
-            return  # binary file inside a folder: not text, skip it
-        yield str(path), _read_text(path)
+            yield f"{path}[{i}]", rec
 
 
-def _hf_dataset(name: str, spec: DataSpec) -> Iterator[tuple[str, str]]:
+def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    if path.suffix.lower() in STRUCTURED:
+        for where, rec in _structured_records(path):
+            yield where, _record_text(rec, fields, where)
+        return
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
+    if b"\0" in raw[:4096]:
+        return  # binary file inside a folder: not text, skip it
+    yield str(path), _read_text(path)
+
+
+def _hf_records(name: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:
     try:
         import datasets
     except ImportError as exc:
         raise UnlearnError("hf: sources need the datasets package: pip install datasets") from exc
     try:
-        ds = datasets.load_dataset(name, spec.hf_config, split=spec.hf_split)
+        ds = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # noqa: BLE001 - hub, network and format errors all end here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnlearnError(f"could not load dataset {name!r}: {first}") from exc
     for i, rec in enumerate(ds):
-        yield f"hf:{name}[{i}]", _record_text(rec, spec.fields, f"hf:{name}[{i}]")
+        yield f"hf:{name}[{i}]", rec
 
 
 def stdlib_dir() -> Path:

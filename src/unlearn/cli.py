@@ -540,22 +540,31 @@ def _print_suite(result: dict) -> None:
     console.print(f"per-sample results: {result['path']}{reused}", highlight=False, soft_wrap=True)
 
 
+def _print_registry(info: dict, params: str, as_json: bool, extra=None) -> None:
+    """Print a registry (methods or suites): name and summary, optional extra lines, then each parameter."""
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for name, entry in info.items():
+        click.echo(f"{name}: {entry['summary']}")
+        if extra:
+            click.echo(f"    {extra(entry)}")
+        for key, p in entry[params].items():
+            click.echo(f"    {key} = {p['default']!r}  {p['description'] or ''}")
+
+
 @main.command("suites")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def suites_cmd(as_json):
     """List the evaluation suites, their parts (file names in a benchmark folder) and settings."""
     from . import api
 
-    info = api.suites()
-    if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
-        return
-    for name, st in info.items():
-        click.echo(f"{name}: {st['summary']}")
-        parts = st["parts"] if isinstance(st["parts"], str) else ", ".join(f"{k}={v}" for k, v in st["parts"].items())
-        click.echo(f"    parts: {parts}")
-        for key, p in st["settings"].items():
-            click.echo(f"    {key} = {p['default']!r}  {p['description'] or ''}")
+    def parts(st) -> str:
+        return "parts: " + (
+            st["parts"] if isinstance(st["parts"], str) else ", ".join(f"{k}={v}" for k, v in st["parts"].items())
+        )
+
+    _print_registry(api.suites(), "settings", as_json, parts)
 
 
 @main.command("methods")
@@ -564,14 +573,7 @@ def methods_cmd(as_json):
     """List the registered unlearning methods and their parameters (defaults and meaning)."""
     from . import api
 
-    info = api.methods()
-    if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
-        return
-    for name, m in info.items():
-        click.echo(f"{name}: {m['summary']}")
-        for key, p in m["parameters"].items():
-            click.echo(f"    {key} = {p['default']!r}  {p['description'] or ''}")
+    _print_registry(api.methods(), "parameters", as_json)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,24 @@ def test_default_run_meets_acceptance(tmp_path):
     assert (first.run_dir / "pruned_neurons.json").read_text() == (second.run_dir / "pruned_neurons.json").read_text()
     assert first.metrics == second.metrics
     assert first.manifest["model"]["sha256_after"] == second.manifest["model"]["sha256_after"]
+
+
+@pytest.mark.parametrize("method", ["gradient-ascent", "graddiff", "npo", "simnpo", "ihl", "rmu"])
+def test_bundled_trained_methods_with_tiny_budgets(tmp_path, method):
+    result = unlearn.run(
+        dict(
+            seq_len=64,
+            eval_tokens=256,
+            val_tokens=0,
+            stats_tokens=512,
+            batch_size=4,
+            out_dir=str(tmp_path),
+            name=method,
+            method=method,
+            method_config={"steps": 2, "batch_size": 2, "lr": 1e-4},
+            save_model=False,
+        )
+    )
+    log = result.metrics["train_log"]
+    assert [s["step"] for s in log] == [1, 2] and all(s["loss"] == s["loss"] for s in log)
+    assert result.after["forget"]["loss"] != result.before["forget"]["loss"]  # the weights moved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
 import tempfile
@@ -86,17 +87,18 @@ class MethodContext:
         self.timings["statistics"] += time.perf_counter() - start
         return stats
 
-    def evaluate(self, ablation: Ablation | None = None, label: str = "", split: str = "eval") -> dict:
-        """Metrics on both corpora's ``split`` (held-out ``eval`` or ``val``idation chunks), with relative drops
-        against the unpruned model once its baseline exists."""
+    def evaluate(self, ablation: Ablation | None = None, label: str = "", split: str = "eval", model=None) -> dict:
+        """Metrics on both corpora's ``split`` (held-out ``eval`` or ``val``idation chunks) of ``model`` (default:
+        the working model) with ``ablation``, with relative drops against the original once its baseline exists."""
         start = time.perf_counter()
         out = {}
-        with ablated(self.model, self.adapter, ablation or Ablation()):
+        model = model if model is not None else self.model
+        with ablated(model, self.adapter, ablation) if ablation else contextlib.nullcontext():
             for which in ("forget", "retain"):
                 chunks = getattr(self.corpus(which), split)
                 with self.reporter.task(f"{label or split}: {which}", chunks.n_tokens) as advance:
                     out[which] = evaluate_split(
-                        self.model,
+                        model,
                         chunks,
                         batch_size=self.config.batch_size,
                         skip_k=self.config.skip_k,
@@ -248,6 +250,11 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     start = time.perf_counter()
     result = method.run(ctx, method_cfg)
     timings["method"] = time.perf_counter() - start
+    if result.model is not None:  # a trained method: its model replaces the working copy
+        loaded.model = result.model
+        loaded.dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
+            next(result.model.parameters()).dtype
+        ]
     after = result.final if result.final is not None else ctx.evaluate(result.ablation, label="after")
     # the unlearned model as it is saved: hooks folded into the weights (the working copy is changed in place)
     model = fold(loaded.model, adapter, result.ablation) if result.ablation else loaded.model
@@ -278,6 +285,8 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
             "after": after,
             "stop_reason": result.stop_reason,
         }
+        if result.log:
+            metrics["train_log"] = result.log
         if cfg.evals:
             metrics["suites"] = suites
         manifest = {
@@ -309,6 +318,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
             "pruned_neurons_per_layer": ablation.counts(adapter.n_layers(loaded.model)),
             "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},
             "stop_reason": result.stop_reason,
+            "method_facts": result.extra,
             "versions": versions(),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
@@ -329,8 +339,7 @@ def _check_evals(cfg: RunConfig) -> None:
         if spec.suite in seen:
             raise UnlearnError(f"suite {spec.suite!r} listed twice in evals: merge its data into one entry")
         seen.add(spec.suite)
-        suite.make_config(spec.settings)
-        resolve_parts(suite, spec.data)
+        suite.check_data(resolve_parts(suite, spec.data), suite.make_config(spec.settings))
 
 
 def _run_eval(spec, loaded: LoadedModel, cfg: RunConfig, out: Path, reporter: Reporter) -> dict:
@@ -446,6 +455,7 @@ def evaluate_suite(
     if batch_size < 1:
         raise UnlearnError("batch size must be at least 1")
     files = resolve_parts(s, list(data))
+    s.check_data(files, cfg)
     run_dir = _run_folder_of(model) if loaded is None else None
     out_dir = Path(out) if out is not None else run_dir or Path("evals") / _slug(model)
     if out_dir.exists() and not out_dir.is_dir():

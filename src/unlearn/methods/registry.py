@@ -37,6 +37,9 @@ class MethodResult:
     steps: list[dict] = field(default_factory=list)
     stop_reason: str = ""
     final: dict | None = None  # metrics of the returned state (forget/retain)
+    model: object | None = None  # the changed model, for methods that train (replaces the working copy)
+    log: list[dict] = field(default_factory=list)  # per optimizer step: loss terms, learning rate
+    extra: dict = field(default_factory=dict)  # method facts worth recording in the manifest
 
 
 REGISTRY: dict[str, Method] = {}

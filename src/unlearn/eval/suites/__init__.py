@@ -39,6 +39,14 @@ class Suite:
     run: Callable
     free_parts: bool = False  # any number of parts, named by file (mcq, lm, ...)
     uses: tuple[str, ...] = ()  # "reference" and/or "original": models some metrics need
+    loaders: dict[str, Callable] = field(default_factory=dict)  # part (or "*") -> loader(path, config)
+
+    def check_data(self, files: dict[str, str], config: SuiteConfig) -> None:
+        """Read and validate every part's records (before any model is loaded: bad data fails fast)."""
+        for part, path in files.items():
+            loader = self.loaders.get(part) or self.loaders.get("*")
+            if loader is not None:
+                loader(path, config)
 
     def make_config(self, values: dict | None) -> SuiteConfig:
         try:

@@ -134,5 +134,6 @@ register(
         parts={},
         run=run,
         free_parts=True,
+        loaders={"*": lambda path, cfg: load_mc(path, limit=cfg.limit)},
     )
 )

@@ -93,5 +93,6 @@ register(
         parts={"members": "", "nonmembers": ""},
         run=run,
         uses=("reference",),
+        loaders={"*": lambda path, cfg: load_texts(path, field=cfg.field, limit=cfg.limit)},
     )
 )

@@ -129,5 +129,11 @@ register(
         parts=PARTS,
         run=run,
         uses=("reference",),
+        loaders={
+            "verbmem": lambda path, cfg: load_continuations(path, limit=cfg.limit),
+            "privleak_forget": lambda path, cfg: load_texts(path, limit=cfg.limit),
+            "privleak_holdout": lambda path, cfg: load_texts(path, limit=cfg.limit),
+            "*": lambda path, cfg: load_qa(path, limit=cfg.limit),
+        },
     )
 )

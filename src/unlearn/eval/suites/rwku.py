@@ -114,5 +114,9 @@ register(
             "retain_mia": "retain_mia.jsonl",
         },
         run=run,
+        loaders={
+            **{p: (lambda path, cfg: load_probes(path, limit=cfg.limit)) for p in PROBES},
+            "*": lambda path, cfg: load_texts(path, limit=cfg.limit),
+        },
     )
 )

@@ -124,5 +124,6 @@ register(
         },
         run=run,
         uses=("reference",),
+        loaders={"*": lambda path, cfg: load_qa(path, limit=cfg.limit)},
     )
 )

@@ -1,0 +1,79 @@
+"""Loss functions of the trained unlearning methods, on logits and labels (``-100`` = not scored).
+
+Every function is batched over ``[batch, seq]``; logits at position t predict the label at t + 1. Each
+docstring gives the formula and its source, and ``tests/test_losses.py`` pins it on hand-computable inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(label_{t+1} | ≤ t) per position [B, T−1], mask of scored positions [B, T−1])."""
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    mask = targets != IGNORE
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return lp * mask, mask
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood over scored tokens (the language-modelling loss)."""
+    lp, mask = token_logprobs(logits, labels)
+    return -lp.sum() / mask.sum().clamp_min(1)
+
+
+def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π(y|x) = Σ_t log p(y_t) per sequence [B], number of scored tokens per sequence [B])."""
+    lp, mask = token_logprobs(logits, labels)
+    return lp.sum(-1), mask.sum(-1)
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over scored positions of KL(p_ref ‖ p_model) of the next-token distributions (the KL retain term of
+    gradient difference / NPO-KL, e.g. Maini et al. 2024, Zhang et al. 2024)."""
+    mask = labels[:, 1:] != IGNORE
+    lp = torch.log_softmax(logits[:, :-1].float(), -1)
+    lr = torch.log_softmax(ref_logits[:, :-1].float(), -1)
+    kl = (lr.exp() * (lr - lp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative preference optimisation (Zhang et al. 2024): −(2/β) · mean log σ(−β (log π − log π_ref)), with
+    sequence log-probabilities. Tends to gradient ascent as β → 0, but its gradient vanishes once the model
+    assigns the forget data much less probability than the reference did."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - ref_logp)).mean()
+
+
+def simnpo(logp: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024), reference-free: −(2/β) · mean log σ(−(β/|y|) log π(y|x) − δ)."""
+    return -(2.0 / beta) * F.logsigmoid(-(beta / lengths.clamp_min(1)) * logp - delta).mean()
+
+
+def inverted_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Inverted hinge loss (Cha et al. 2024, "Learning to Unlearn"): mean over scored tokens of
+    1 + p(y_t) − max_{v≠y_t} p(v) — pushes the true token below its best competitor, and no further."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    p = torch.softmax(logits[:, :-1].float(), -1)
+    p_true = p.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    others = p.scatter(-1, targets.clamp_min(0).unsqueeze(-1), float("-inf"))
+    loss = 1 + p_true - others.max(-1).values
+    return (loss * mask).sum() / mask.sum().clamp_min(1)
+
+
+def rmu_forget(hidden: torch.Tensor, control: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU forget term (Li et al. 2024, WMDP): mean over tokens of ‖h_ℓ − c·u‖² / d — steer the layer-ℓ
+    activations of forget tokens towards a fixed random direction u scaled by c (``control`` = c·u)."""
+    err = (hidden.float() - control).square().mean(-1)
+    return (err * mask).sum() / mask.sum().clamp_min(1)
+
+
+def rmu_retain(hidden: torch.Tensor, frozen: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU retain term: mean over tokens of ‖h_ℓ − h_ℓ^frozen‖² / d — keep retain activations unchanged."""
+    err = (hidden.float() - frozen.float()).square().mean(-1)
+    return (err * mask).sum() / mask.sum().clamp_min(1)

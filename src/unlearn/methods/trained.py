@@ -1,0 +1,192 @@
+"""Trained unlearning methods: gradient ascent, gradient difference, NPO, SimNPO, RMU and the inverted hinge loss.
+
+Each is a config (the shared :class:`~unlearn.methods.training.TrainConfig` plus its own parameters, defaults
+from the original paper or code) and a loss on one forget and one retain micro-batch; all run on
+:func:`~unlearn.methods.training.train`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from ..errors import UnlearnError
+from . import losses as L
+from .registry import register
+from .training import TrainConfig, train
+
+RetainLoss = Literal["none", "nll", "kl"]
+
+
+def _logits(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
+
+def _retain_term(kind: str, model, batch, reference) -> torch.Tensor | None:
+    if kind == "none":
+        return None
+    logits = _logits(model, batch)
+    if kind == "nll":
+        return L.nll(logits, batch["labels"])
+    with torch.no_grad():
+        ref = _logits(reference, batch)
+    return L.kl_to_reference(logits, ref, batch["labels"])
+
+
+def _combine(forget: torch.Tensor, retain: torch.Tensor | None, gamma: float, alpha: float):
+    parts = {"forget_loss": forget.detach()}
+    if retain is None:
+        return gamma * forget, parts
+    parts["retain_loss"] = retain.detach()
+    return gamma * forget + alpha * retain, parts
+
+
+class GradientAscentConfig(TrainConfig):
+    pass
+
+
+@register("gradient-ascent", GradientAscentConfig, "gradient ascent: maximise the forget NLL (Jang et al. 2023)")
+def gradient_ascent(ctx, cfg: GradientAscentConfig):
+    def loss(model, forget, retain, reference):
+        f = -L.nll(_logits(model, forget), forget["labels"])
+        return f, {"forget_loss": f.detach()}
+
+    return train(ctx, cfg, loss)
+
+
+class GradDiffConfig(TrainConfig):
+    gamma: float = Field(1.0, gt=0, description="weight of the forget term (−NLL on forget)")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
+    retain_loss: Literal["nll", "kl"] = Field("nll", description="retain term: NLL, or KL to the frozen original")
+
+
+@register("graddiff", GradDiffConfig, "gradient difference: γ·(−NLL forget) + α·(NLL or KL) retain (Liu et al. 2022)")
+def graddiff(ctx, cfg: GradDiffConfig):
+    def loss(model, forget, retain, reference):
+        f = -L.nll(_logits(model, forget), forget["labels"])
+        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), cfg.gamma, cfg.alpha)
+
+    return train(ctx, cfg, loss, needs_reference=cfg.retain_loss == "kl")
+
+
+class NPOConfig(TrainConfig):
+    beta: float = Field(0.1, gt=0, description="inverse temperature β (NPO paper: 0.1)")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
+    retain_loss: RetainLoss = Field("nll", description="retain term: none, NLL, or KL to the frozen original")
+
+
+@register("npo", NPOConfig, "negative preference optimisation against the frozen original (Zhang et al. 2024)")
+def npo(ctx, cfg: NPOConfig):
+    def loss(model, forget, retain, reference):
+        logp, _ = L.sequence_logprob(_logits(model, forget), forget["labels"])
+        with torch.no_grad():
+            ref_logp, _ = L.sequence_logprob(_logits(reference, forget), forget["labels"])
+        f = L.npo(logp, ref_logp, cfg.beta)
+        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
+
+    return train(ctx, cfg, loss, needs_reference=True)
+
+
+class SimNPOConfig(TrainConfig):
+    beta: float = Field(2.5, gt=0, description="inverse temperature β (SimNPO paper, TOFU: 2.5)")
+    delta: float = Field(0.0, ge=0, description="reward margin δ (SimNPO paper, TOFU: 0)")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
+    retain_loss: RetainLoss = Field("nll", description="retain term: none, NLL, or KL to the frozen original")
+
+
+@register("simnpo", SimNPOConfig, "SimNPO: reference-free, length-normalised NPO (Fan et al. 2024)")
+def simnpo(ctx, cfg: SimNPOConfig):
+    def loss(model, forget, retain, reference):
+        logp, n = L.sequence_logprob(_logits(model, forget), forget["labels"])
+        f = L.simnpo(logp, n, cfg.beta, cfg.delta)
+        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
+
+    return train(ctx, cfg, loss, needs_reference=cfg.retain_loss == "kl")
+
+
+class IHLConfig(TrainConfig):
+    alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
+
+
+@register("ihl", IHLConfig, "inverted hinge loss on forget + NLL on retain (Cha et al. 2024)")
+def ihl(ctx, cfg: IHLConfig):
+    def loss(model, forget, retain, reference):
+        f = L.inverted_hinge(_logits(model, forget), forget["labels"])
+        return _combine(f, _retain_term("nll", model, retain, None), 1.0, cfg.alpha)
+
+    return train(ctx, cfg, loss)
+
+
+class RMUConfig(TrainConfig):
+    lr: float = Field(5e-5, gt=0, lt=1, description="learning rate (WMDP RMU: 5e-5)")
+    layer: int | None = Field(
+        None, ge=0, description="layer ℓ whose output is steered (default: 7 of 32 in WMDP, scaled to the depth)"
+    )
+    update_layers: list[int] | None = Field(
+        None, description="layers whose MLP output projection trains (default ℓ−2, ℓ−1, ℓ as in WMDP)"
+    )
+    steering_coef: float | None = Field(
+        None, gt=0, description="c, the norm of the random target (default: 2 × the mean activation norm at layer ℓ)"
+    )
+    alpha: float = Field(100.0, ge=0, description="weight of the retain term (activation MSE to the frozen model)")
+
+    @model_validator(mode="after")
+    def _layers_valid(self):
+        if self.update_layers is not None and (not self.update_layers or min(self.update_layers) < 0):
+            raise ValueError("update_layers must be a non-empty list of layer indices")
+        return self
+
+
+@register("rmu", RMUConfig, "representation misdirection: steer layer-ℓ forget activations to noise (Li et al. 2024)")
+def rmu(ctx, cfg: RMUConfig):
+    n_layers = ctx.adapter.n_layers(ctx.model)
+    layer = cfg.layer if cfg.layer is not None else max(0, min(n_layers - 1, round(7 * n_layers / 32)))
+    update = (
+        cfg.update_layers if cfg.update_layers is not None else [i for i in (layer - 2, layer - 1, layer) if i >= 0]
+    )
+    if layer >= n_layers or max(update) >= n_layers:
+        raise UnlearnError(f"rmu: layer {max(layer, *update)} does not exist (the model has {n_layers} layers)")
+    gen = torch.Generator().manual_seed(ctx.config.seed)
+    direction = torch.rand(ctx.model.config.hidden_size, generator=gen)
+    direction = direction / direction.norm()
+    coef = cfg.steering_coef or _default_coef(ctx, layer)
+    control = coef * direction
+
+    def hidden(model, batch):
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return out.hidden_states[layer + 1]  # hidden_states[0] are the embeddings
+
+    def loss(model, forget, retain, reference):
+        mask_f, mask_r = forget["labels"] != -100, retain["labels"] != -100
+        f = L.rmu_forget(hidden(model, forget), control.to(forget["input_ids"].device), mask_f)
+        with torch.no_grad():
+            frozen = hidden(reference, retain)
+        r = L.rmu_retain(hidden(model, retain), frozen, mask_r)
+        return _combine(f, r, 1.0, cfg.alpha)
+
+    def trainable(model):
+        return [ctx.adapter.out_proj(model, i, "ff").weight for i in update]
+
+    result = train(ctx, cfg, loss, needs_reference=True, trainable=trainable)
+    result.extra.update(layer=layer, update_layers=update, steering_coef=coef)
+    return result
+
+
+@torch.no_grad()
+def _default_coef(ctx, layer: int) -> float:
+    """c = 2 × the mean L2 norm of layer-ℓ activations of (non-special) forget tokens: a target clearly off the
+    data's distribution yet of comparable size. WMDP hand-tuned c = 6.5 for Zephyr-7B; a fixed number does not
+    carry over across hidden sizes, so the default is measured on the model."""
+    split = ctx.forget.stats
+    n = max(1, min(8, len(split.input_ids)))
+    ids = split.input_ids[:n].to(next(ctx.model.parameters()).device)
+    h = ctx.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[layer + 1]
+    norms = h.float().norm(dim=-1)[~split.special[:n].to(h.device)]
+    return float(2 * norms.mean())

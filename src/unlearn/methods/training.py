@@ -1,0 +1,200 @@
+"""One training loop for every trained unlearning method, built on Accelerate.
+
+A trained method is a config (``TrainConfig`` plus its own parameters) and a function
+``loss(model, forget_batch, retain_batch, reference) -> (loss, logs)``. :func:`train` does the rest: LoRA (peft)
+when asked, the frozen reference model when the method needs one, AdamW, warm-up and schedule, gradient
+accumulation, clipping, bf16 autocast, periodic evaluation, and merging LoRA back on export. Under
+``accelerate launch`` the same loop runs data parallel (DDP, FSDP or DeepSpeed per the accelerate config).
+
+Master weights stay in float32 while training (a bf16 weight cannot hold an update of lr ≈ 1e-5); matrix
+products run in bf16 through autocast where the model was loaded in bf16. The trained model stays float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import UnlearnError
+from .registry import MethodResult
+
+
+class TrainConfig(BaseModel):
+    """Settings of the shared training loop (every trained method has them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(20, ge=1, le=100_000, description="optimizer steps")
+    lr: float = Field(1e-5, gt=0, lt=1, description="peak learning rate (AdamW)")
+    batch_size: int = Field(4, ge=1, description="forget (and retain) chunks per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
+    eval_every: int = Field(0, ge=0, description="evaluate every k steps (0 = only at the end)")
+    lora: str | None = Field(None, description="train LoRA adapters instead: 'r=16[,alpha=32,dropout=0,targets=a;b]'")
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_syntax(cls, v):
+        if v is not None:
+            parse_lora(v)
+        return v
+
+
+def parse_lora(spec: str) -> dict:
+    """``r=16,alpha=32,dropout=0.05,targets=q_proj;v_proj`` → peft LoraConfig arguments."""
+    out = {"r": 16, "lora_alpha": None, "lora_dropout": 0.0, "target_modules": "all-linear"}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        key, sep, value = item.partition("=")
+        try:
+            if key == "r":
+                out["r"] = int(value)
+            elif key == "alpha":
+                out["lora_alpha"] = float(value)
+            elif key == "dropout":
+                out["lora_dropout"] = float(value)
+            elif key == "targets":
+                out["target_modules"] = [t for t in value.split(";") if t]
+            else:
+                raise ValueError(f"unknown LoRA setting {key!r} (use r, alpha, dropout, targets)")
+        except ValueError as exc:
+            raise ValueError(str(exc) if "LoRA" in str(exc) else f"bad LoRA value {item!r}") from None
+        if not sep:
+            raise ValueError(f"LoRA settings are KEY=VALUE, got {item!r}")
+    if out["r"] < 1 or not 0 <= out["lora_dropout"] < 1:
+        raise ValueError("LoRA needs r >= 1 and 0 <= dropout < 1")
+    out["lora_alpha"] = out["lora_alpha"] or 2 * out["r"]
+    return out
+
+
+def wrap_lora(model, spec: str):
+    """The model with LoRA adapters (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    args = parse_lora(spec)
+    targets = args["target_modules"]
+    if isinstance(targets, list):
+        names = {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules()}
+        for t in targets:
+            if t not in names:
+                raise UnlearnError(f"LoRA target {t!r} is not a module of this model")
+            if not _is_linear(names[t]):
+                raise UnlearnError(f"LoRA target {t!r} is a {type(names[t]).__name__}, not a linear layer")
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", bias="none", **args))
+
+
+def _is_linear(module) -> bool:
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def batches(split, batch_size: int, seed: int):
+    """Endless micro-batches of a token split ({input_ids, attention_mask, labels}), reshuffled every pass."""
+    gen = torch.Generator().manual_seed(seed)
+    n = len(split.input_ids)
+    if n == 0:
+        raise UnlearnError("no training chunks: raise --stats-tokens")
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            ids = split.input_ids[idx]
+            yield {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "labels": ids.masked_fill(split.special[idx], -100),
+            }
+
+
+def train(ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = False, trainable=None) -> MethodResult:
+    """Train ``ctx.model`` with ``loss_fn(model, forget, retain, reference)`` for ``cfg.steps`` optimizer steps.
+
+    ``trainable(model)`` may return the parameters to train (default: all; with LoRA: the adapters). Returns
+    the per-step log (loss terms, learning rate, evaluations every ``eval_every`` steps) with the trained model.
+    """
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    model = ctx.model
+    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    device = str(next(model.parameters()).device)
+    accelerator = Accelerator(
+        mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum, cpu=device == "cpu"
+    )
+    torch.manual_seed(ctx.config.seed)
+    model = model.float()
+    reference = None
+    if needs_reference:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.lora:  # peft freezes the base model and trains the adapters
+        model = wrap_lora(model, cfg.lora)
+    elif trainable is not None:
+        model.requires_grad_(False)
+        for p in trainable(model):
+            p.requires_grad_(True)
+    else:
+        model.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UnlearnError("nothing to train: no parameter requires a gradient")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    if reference is not None:
+        reference = accelerator.prepare_model(reference, evaluation_mode=True)
+    forget = batches(ctx.forget.stats, cfg.batch_size, ctx.config.seed)
+    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.config.seed + 1)
+
+    log, steps, start = [], [], time.perf_counter()
+    model.train()
+    with ctx.reporter.task("training", cfg.steps) as advance:
+        for step in range(1, cfg.steps + 1):
+            terms: dict[str, float] = {}
+            for _ in range(cfg.grad_accum):
+                with accelerator.accumulate(model), accelerator.autocast():
+                    fb = {k: v.to(accelerator.device) for k, v in next(forget).items()}
+                    rb = {k: v.to(accelerator.device) for k, v in next(retain).items()}
+                    loss, parts = loss_fn(model, fb, rb, reference)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+                for k, v in {"loss": loss, **parts}.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            if not all(map(_finite, terms.values())):
+                raise UnlearnError(f"training diverged at step {step} (loss {terms['loss']}): lower lr")
+            log.append({"step": step, "lr": schedule.get_last_lr()[0], **{k: round(v, 6) for k, v in terms.items()}})
+            advance(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                model.eval()
+                steps.append({"step": step, **ctx.evaluate(label=f"step {step}", model=_export(accelerator, model))})
+                model.train()
+    model.eval()
+    trained = _export(accelerator, model, merge=True)
+    return MethodResult(
+        ablation=None,
+        steps=steps,
+        stop_reason=f"completed {cfg.steps} steps",
+        model=trained,
+        log=log,
+        extra={"train_seconds": round(time.perf_counter() - start, 3)},
+    )
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def _export(accelerator, model, merge: bool = False):
+    """The plain model (unwrapped; LoRA merged when ``merge``, else evaluated with its adapters active)."""
+    model = accelerator.unwrap_model(model)
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model

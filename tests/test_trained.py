@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +171,113 @@ def test_methods_lists_trained_methods():
     assert set(TRAINED) <= set(info)
     assert info["npo"]["parameters"]["beta"]["default"] == 0.1
     assert json.dumps(info, default=str)
+
+
+def _qa_file(tmp_path):
+    rows = [{"question": f"What does module {n} do?", "answer": f"Module {n} handles {n} tasks."} for n in "abcdef"]
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_learn_fits_qa_answers_and_refuses_an_existing_folder(tmp_path, tiny_checkpoint):
+    qa = _qa_file(tmp_path)
+    out = tmp_path / "learnt"
+    r = CliRunner().invoke(
+        main,
+        [
+            "learn",
+            "--model",
+            str(tiny_checkpoint("llama")),
+            "--data",
+            str(qa),
+            "--out",
+            str(out),
+            "--steps",
+            "30",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "3",
+            "--seq-len",
+            "96",
+            "--dtype",
+            "fp32",
+        ],
+        catch_exceptions=False,
+    )
+    assert r.exit_code == 0, r.stderr
+    record = json.loads((out / "learn.json").read_text())
+    assert record["data"] == {**record["data"], "format": "qa", "rows": 6}
+    assert record["log"][-1]["loss"] < 0.5 * record["log"][0]["loss"]  # it learnt the answers
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    again = CliRunner().invoke(
+        main,
+        ["learn", "--model", str(tiny_checkpoint("llama")), "--data", str(qa), "--out", str(out)],
+        catch_exceptions=False,
+    )
+    assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def test_qa_format_unlearning_scores_answers_only(run_tiny, tmp_path):
+    qa = _qa_file(tmp_path)
+    result = run_tiny(
+        "qa",
+        "npo",
+        {"steps": 2, "lr": 1e-3, "batch_size": 2},
+        forget={"source": str(qa), "format": "qa"},
+        stats_tokens=6 * 96,
+        eval_tokens=6 * 96,
+        seq_len=96,
+    )
+    assert result.manifest["data"]["forget"]["segments"] == 6
+    # answers only: each row scores its answer tokens and EOS, not the prompt or padding
+    assert 0 < result.before["forget"]["n_tokens"] < 6 * 96 / 2
+
+
+def test_dpo_loss():
+    z = torch.tensor([-2.0])
+    assert float(L.dpo(z, z, z, z, 0.1)) == pytest.approx(math.log(2))
+    # chosen gains 5 nats over the reference, rejected loses 5: −log σ(0.1 · 10) = log(1 + e^−1)
+    got = L.dpo(torch.tensor([3.0]), torch.tensor([-7.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.1)
+    assert float(got) == pytest.approx(math.log1p(math.e**-1))
+
+
+def test_idk_dpo_prefers_refusals_on_qa_forget_data(run_tiny, tmp_path):
+    qa = _qa_file(tmp_path)
+    result = run_tiny(
+        "idk",
+        "idk-dpo",
+        {"steps": 4, "lr": 1e-2, "batch_size": 3},
+        forget={"source": str(qa), "format": "qa"},
+        stats_tokens=6 * 96,
+        eval_tokens=6 * 96,
+        seq_len=96,
+    )
+    log = result.metrics["train_log"]
+    assert log[0]["forget_loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
+    assert log[-1]["forget_loss"] < log[0]["forget_loss"]
+    with pytest.raises(unlearn.UnlearnError, match="idk-dpo needs question-answer forget data"):
+        run_tiny("idk-text", "idk-dpo", {"steps": 1})
+
+
+def test_budget_stops_training_and_restores_the_last_state_within_budget(tmp_path, tiny_checkpoint):
+    lib = Path(sysconfig.get_paths()["stdlib"])  # retain text on which the tiny model's top-10 is not 0
+    args = ["run", "--model", str(tiny_checkpoint("llama")), "--forget", str(lib / "textwrap.py")]
+    args += ["--retain", str(lib / "argparse.py")]
+    args += ["--out", str(tmp_path / "runs"), "--seq-len", "32", "--stats-tokens", "256", "--eval-tokens", "128"]
+    args += ["--val-tokens", "128", "--dtype", "fp32", "--method", "gradient-ascent", "--set", "steps=40"]
+    args += ["--set", "lr=0.05", "--set", "eval_every=2", "--budget", "retain:top10=1%", "--name", "b", "--json"]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["stop_reason"].startswith("budget: validation retain top10 dropped")
+    last = m["steps"][-1]
+    assert last["validation"]["retain_drop"]["top10"] > 0.01  # the check that stopped it
+    kept = [s for s in m["steps"][:-1]]
+    for s in kept:
+        assert s["validation"]["retain_drop"]["top10"] <= 0.01
+    # the saved model is the restored state: its validation retain top1 is within budget again
+    assert "restored the state after step" in m["stop_reason"]
+    bad = CliRunner().invoke(main, args[:-5] + ["--budget", "retain=5%", "--name", "c"], catch_exceptions=False)
+    assert bad.exit_code == 2 and "--budget expects" in bad.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import os
 import platform
 import shutil
 import tempfile
@@ -15,7 +18,7 @@ import torch
 from . import __version__
 from .config import DataConfig, RunConfig, load_config_file, parse_config
 from .data.chunking import Corpus, build_corpus
-from .data.sources import BUILTIN, DataSpec, iter_documents
+from .data.sources import BUILTIN, iter_documents
 from .errors import UnlearnError
 from .eval.metrics import evaluate_split, relative_drop
 from .methods import get_method, registry
@@ -120,7 +123,7 @@ class MethodContext:
         stop = self.config.stop
         return stop.max_retain_drop is not None or stop.forget_target_drop is not None
 
-    def check_budget(self, ablation: Ablation) -> tuple[str | None, dict | None]:
+    def check_budget(self, ablation: Ablation | None = None, model=None) -> tuple[str | None, dict | None]:
         """Measure the budget on the validation chunks: (a reason to stop or None, the validation metrics).
 
         The reason starts with "budget" when the retain budget is exceeded (the step must be undone) and with
@@ -130,7 +133,7 @@ class MethodContext:
             return None, None
         if not self.baseline_val:
             self.baseline_val = self.evaluate(label="validation before", split="val")
-        metrics = self.evaluate(ablation, label="validation", split="val")
+        metrics = self.evaluate(ablation, label="validation", split="val", model=model)
         stop = self.config.stop
         metric = stop.metric
         if metric not in metrics["retain_drop"]:
@@ -159,9 +162,15 @@ def coerce_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
     return parse_config(dict(config))
 
 
-def _check_data_exists(spec: DataSpec) -> None:
-    """Fail fast (before loading a model) on a missing local file, folder or glob."""
+def _check_data_exists(data: DataConfig) -> None:
+    """Fail fast (before loading a model) on a missing local file, folder or glob, or malformed QA records."""
+    spec = data.spec()
     if spec.source in BUILTIN or spec.source.startswith("hf:"):
+        return
+    if data.format == "qa":
+        from .data.formats import load_qa
+
+        load_qa(spec.source)
         return
     next(iter_documents(spec), None)
 
@@ -187,6 +196,9 @@ def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[C
     out = []
     for which, data in (("forget", cfg.forget), ("retain", cfg.retain)):
         with reporter.stage(f"tokenising {which} corpus {data.source}"):
+            if data.format == "qa":
+                out.append(_qa_corpus(which, data, loaded.tokenizer, cfg))
+                continue
             out.append(
                 build_corpus(
                     which,
@@ -202,6 +214,25 @@ def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[C
     return out[0], out[1]
 
 
+def _qa_corpus(which: str, data: DataConfig, tokenizer, cfg) -> Corpus:
+    from .data.chunking import build_qa_corpus
+    from .data.formats import load_qa
+    from .eval.scoring import Template
+
+    return build_qa_corpus(
+        which,
+        data.spec(),
+        load_qa(data.source, hf_config=data.hf_config, hf_split=data.hf_split),
+        tokenizer,
+        Template(tokenizer, "auto"),
+        seq_len=cfg.seq_len,
+        eval_tokens=cfg.eval_tokens,
+        stats_tokens=cfg.stats_tokens,
+        seed=cfg.seed,
+        val_tokens=cfg.val_tokens,
+    )
+
+
 def run(config: RunConfig | dict | str | Path | None = None, *, console=None) -> RunResult:
     """Unlearn the forget corpus from a model with the configured method; write and return the run.
 
@@ -214,9 +245,11 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     reporter = Reporter(console)
     method = get_method(cfg.method)
     method_cfg = method.make_config(cfg.method_config)
+    if not method.budget and (cfg.stop.max_retain_drop is not None or cfg.stop.forget_target_drop is not None):
+        raise UnlearnError(f"{method.name} is a single edit: it cannot stop on a budget (drop --budget)")
     cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
     for data in (cfg.forget, cfg.retain):
-        _check_data_exists(data.spec())
+        _check_data_exists(data)
     _check_evals(cfg)
     folder = RunFolder(cfg.out_dir, cfg.name, method.name)
     folder.check()
@@ -383,7 +416,7 @@ def evaluate(
     if not specs:
         raise UnlearnError("no data to evaluate: pass at least one --data")
     for d in specs:
-        _check_data_exists(d.spec())
+        _check_data_exists(d)
     with reporter.stage(f"loading model {model}"):
         loaded = load_model(model, dtype, device, log=reporter.log)
     out = {}
@@ -526,3 +559,104 @@ def methods() -> dict[str, dict]:
         }
         for name, m in sorted(registry.REGISTRY.items())
     }
+
+
+def _detect_format(source: str) -> str:
+    """``qa`` when the first record of a structured file has question and answer fields, else ``text``."""
+    from .data.sources import STRUCTURED, iter_records
+
+    if source in BUILTIN or source.startswith("hf:") or Path(source).suffix.lower() not in STRUCTURED:
+        return "text"
+    first = next(iter_records(source), None)
+    return "qa" if first and {"question", "answer"} <= set(first[1]) else "text"
+
+
+def learn(
+    model: str,
+    data: str,
+    out: str | Path,
+    *,
+    format: str = "auto",
+    epochs: float = 3.0,
+    steps: int | None = None,
+    lr: float = 5e-5,
+    batch_size: int = 8,
+    seq_len: int = 256,
+    tokens: int = 65536,
+    lora: str | None = None,
+    seed: int = 0,
+    dtype: str = "auto",
+    device: str = "auto",
+    console=None,
+) -> dict:
+    """Fine-tune ``model`` on ``data`` (QA records through the chat template with the loss on answers, or running
+    text) with the same training loop as the unlearning methods, and save a plain checkpoint to ``out``.
+
+    ``steps`` defaults to ``epochs`` passes over the data (QA rows, or ``tokens`` of text in ``seq_len``
+    chunks). ``out`` must not exist; it is written under a temporary name and renamed when complete. Returns
+    the record saved as ``out/learn.json`` (settings, data hash, loss per step, timings).
+    """
+    import types
+
+    from .methods import losses
+    from .methods.training import TrainConfig, train
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists():
+        raise UnlearnError(f"output folder {out} already exists: choose another --out")
+    fmt = _detect_format(data) if format == "auto" else format
+    if fmt not in ("text", "qa"):
+        raise UnlearnError(f"unknown data format {format!r}: use auto, text or qa")
+    spec = DataConfig(source=data, format=fmt)
+    _check_data_exists(spec)
+    cfg = RunConfig(model=model, dtype=dtype, device=device, seq_len=seq_len, seed=seed, batch_size=batch_size)
+    try:
+        TrainConfig(lr=lr, batch_size=batch_size, lora=lora)
+    except Exception as exc:  # noqa: BLE001 - pydantic's message, one line
+        raise UnlearnError(f"invalid learn setting: {str(exc).splitlines()[-1].strip()}") from exc
+    reporter = Reporter(console)
+    with reporter.stage(f"loading model {model}"):
+        loaded = load_model(model, dtype, device, log=reporter.log)
+    before = state_dict_hash(loaded.model)
+    budget = 10**9 if fmt == "qa" else tokens
+    if fmt == "qa":
+        corpus = _qa_corpus("data", spec, loaded.tokenizer, cfg.model_copy(update={"stats_tokens": budget}))
+    else:
+        corpus = build_corpus(
+            "data", spec.spec(), loaded.tokenizer, seq_len=seq_len, eval_tokens=0, stats_tokens=tokens, seed=seed
+        )
+    rows = len(corpus.stats.input_ids)
+    n_steps = steps or max(1, math.ceil(epochs * rows / batch_size))
+    tcfg = TrainConfig(steps=n_steps, lr=lr, batch_size=batch_size, lora=lora)
+    ctx = types.SimpleNamespace(model=loaded.model, forget=corpus, retain=None, config=cfg, reporter=reporter)
+
+    def loss(m, batch, _retain, _reference):
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return losses.nll(logits, batch["labels"]), {}
+
+    result = train(ctx, tcfg, loss)
+    record = {
+        "model": {"spec": model, "source": loaded.source, "sha256_before": before},
+        "data": {"source": data, "format": fmt, "rows": rows, "sha256_tokens": corpus.sha256},
+        "settings": {
+            **tcfg.model_dump(),
+            "epochs": epochs if steps is None else None,
+            "seq_len": seq_len,
+            "seed": seed,
+        },
+        "log": result.log,
+        "versions": versions(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
+    try:
+        files = save_checkpoint(result.model, loaded.tokenizer, tmp)
+        record["model"].update(sha256_after=state_dict_hash(result.model), files=files)
+        record["timings_s"] = {"train": result.extra["train_seconds"], "total": round(time.perf_counter() - t0, 3)}
+        (tmp / "learn.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**record, "path": str(out)}

@@ -86,6 +86,7 @@ def main():
     \b
     unlearn run        unlearn (defaults: forget Python code, keep English prose, on the bundled SmolLM2-135M)
     unlearn eval       evaluate any model: suites (TOFU, MUSE, RWKU, MCQ, LM, MIA) or next-token metrics
+    unlearn learn      fine-tune a model on QA or text data (to build unlearning targets)
     unlearn methods    the registered unlearning methods and their parameters
     unlearn suites     the evaluation suites, their data parts and settings
     """
@@ -150,6 +151,13 @@ def _set(d: dict, key: str, value) -> None:
 @click.option("--forget-target-drop", help=f"Stop once forget (on validation chunks) has dropped this much {PCT}.")
 @click.option("--budget-metric", help="Metric for the budget and target (default top1).")
 @click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    metavar="retain|forget:METRIC=X%",
+    help="Shorthand: retain:top1=5% = --budget-metric top1 --max-retain-drop 5%; forget:top1=80% sets the target.",
+)
+@click.option(
     "--dtype",
     type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
     help="auto: bf16 on GPU or bf16-capable CPU, else fp32.",
@@ -205,6 +213,7 @@ def run(
     max_retain_drop,
     forget_target_drop,
     budget_metric,
+    budgets,
     dtype,
     device,
     seq_len,
@@ -277,6 +286,16 @@ def run(
     if mc:
         values["method_config"] = mc
     stop = dict(values.get("stop") or {})
+    for item in budgets:
+        which, sep, rest = item.partition(":")
+        metric, eq, amount = rest.partition("=")
+        if which not in ("retain", "forget") or not sep or not eq or not metric:
+            raise UnlearnError(f"--budget expects retain:METRIC=X% or forget:METRIC=X%, got {item!r}")
+        if stop.get("metric", metric) != metric or (budget_metric and budget_metric != metric):
+            raise UnlearnError("--budget: the retain budget and the forget target must watch the same metric")
+        stop["metric"] = metric
+        key = "max_retain_drop" if which == "retain" else "forget_target_drop"
+        stop[key] = _fraction(amount, "--budget")
     _set(stop, "max_retain_drop", _fraction(max_retain_drop, "--max-retain-drop"))
     _set(stop, "forget_target_drop", _fraction(forget_target_drop, "--forget-target-drop"))
     _set(stop, "metric", budget_metric)
@@ -538,6 +557,60 @@ def _print_suite(result: dict) -> None:
     console.print(table)
     reused = f" (reused: {', '.join(result['reused'])})" if result["reused"] else ""
     console.print(f"per-sample results: {result['path']}{reused}", highlight=False, soft_wrap=True)
+
+
+@main.command("learn")
+@click.option(
+    "--model", default="smollm2-135m", show_default=True, help="Model to fine-tune (same forms as run --model)."
+)
+@click.option("--data", required=True, help="QA records (question, answer) or text: file, folder, glob or built-in.")
+@click.option("--out", "out_dir", required=True, help="Folder for the fine-tuned checkpoint (must not exist).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "qa", "text"]),
+    default="auto",
+    show_default=True,
+    help="qa: chat template, loss on answers; auto: qa when records have question and answer fields.",
+)
+@click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the data (unless --steps).")
+@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per optimizer step.")
+@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per row (QA rows are padded).")
+@click.option("--tokens", type=int, default=65536, show_default=True, help="Text data: tokens to train on.")
+@click.option("--lora", help="Train LoRA adapters and merge them: 'r=16[,alpha=32,dropout=0,targets=a;b]'.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len, tokens, lora, seed, dtype, device):
+    """Fine-tune a model on data with the unlearning methods' training loop (e.g. to build TOFU-style targets)."""
+    from . import api
+
+    if epochs <= 0 or (steps is not None and steps < 1) or batch_size < 1 or seq_len < 8 or tokens < 1 or lr <= 0:
+        raise UnlearnError("--epochs, --steps, --lr, --batch-size and --tokens must be positive, --seq-len at least 8")
+    result = api.learn(
+        model,
+        data,
+        out_dir,
+        format=fmt,
+        epochs=epochs,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        tokens=tokens,
+        lora=lora,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        console=_console(),
+    )
+    log = result["log"]
+    click.echo(
+        f"learnt {result['data']['rows']} rows of {data} ({result['data']['format']}) in {len(log)} steps: "
+        f"loss {log[0]['loss']:.4f} -> {log[-1]['loss']:.4f}; checkpoint: {result['path']}"
+    )
 
 
 def _print_registry(info: dict, params: str, as_json: bool, extra=None) -> None:

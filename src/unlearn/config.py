@@ -18,6 +18,9 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str
     fields: list[str] = Field(default_factory=lambda: ["text"], description="record fields joined as the text")
+    format: Literal["text", "qa"] = Field(
+        "text", description="text: chunks of running text; qa: question/answer records, loss and metrics on answers"
+    )
     hf_config: str | None = None
     hf_split: str = "train"
 

@@ -149,3 +149,57 @@ def build_corpus(
         n_segments=used,
         sha256=digest,
     )
+
+
+def build_qa_corpus(
+    name: str,
+    spec: DataSpec,
+    items: list,
+    tokenizer,
+    template,
+    *,
+    seq_len: int,
+    eval_tokens: int,
+    stats_tokens: int,
+    seed: int,
+    val_tokens: int = 0,
+) -> Corpus:
+    """Question–answer records as one row each: the prompt (``template.qa(question)``) then the answer and EOS,
+    right-padded to ``seq_len``. Prompt and padding are marked special, so training, statistics and metrics
+    see only the answer tokens.
+
+    QA data is what is to be forgotten (or learnt) itself, so the splits are not disjoint: all of them draw
+    from the same records, shuffled with the seed — the first ``ceil(budget / seq_len)`` rows each. Held-out
+    behaviour (paraphrases, neighbours) is what the evaluation suites measure.
+    """
+    if not items:
+        raise UnlearnError(f"{name} data {spec.describe()} has no question-answer records")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    rows, scored = [], []
+    for i in order:
+        prompt = tokenizer(template.qa(items[i].question), add_special_tokens=not template.chat).input_ids
+        answer = tokenizer(template.answer(items[i].answer), add_special_tokens=False).input_ids
+        answer += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = (prompt + answer)[:seq_len]
+        if len(prompt) >= len(ids):
+            raise UnlearnError(f"{name}: question {items[i].id or i} leaves no room for its answer in {seq_len} tokens")
+        rows.append(ids + [pad] * (seq_len - len(ids)))
+        scored.append([False] * len(prompt) + [True] * (len(ids) - len(prompt)) + [False] * (seq_len - len(ids)))
+    ids = torch.tensor(rows, dtype=torch.long)
+    special = ~torch.tensor(scored)
+
+    def split(tokens: int) -> TokenSplit:
+        n = min(len(rows), math.ceil(tokens / seq_len)) if tokens > 0 else 0
+        return TokenSplit(ids[:n], special[:n])
+
+    return Corpus(
+        name=name,
+        spec=spec,
+        eval=split(eval_tokens),
+        stats=split(stats_tokens),
+        val=split(val_tokens) if val_tokens else None,
+        n_segments=len(rows),
+        sha256=hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
+    )

@@ -77,3 +77,12 @@ def rmu_retain(hidden: torch.Tensor, frozen: torch.Tensor, mask: torch.Tensor) -
     """RMU retain term: mean over tokens of ‖h_ℓ − h_ℓ^frozen‖² / d — keep retain activations unchanged."""
     err = (hidden.float() - frozen.float()).square().mean(-1)
     return (err * mask).sum() / mask.sum().clamp_min(1)
+
+
+def dpo(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """Direct preference optimisation (Rafailov et al. 2023): −mean log σ(β[(log π(y_w) − log π_ref(y_w)) −
+    (log π(y_l) − log π_ref(y_l))]) with sequence log-probabilities; for unlearning (IdK-DPO, Maini et al. 2024)
+    y_w is a refusal and y_l the original answer."""
+    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()

@@ -21,6 +21,7 @@ class Method:
     config_cls: type[BaseModel]
     run: Callable
     summary: str
+    budget: bool = True  # whether the method honours stopping budgets (steps it can stop between)
 
     def make_config(self, values: dict | None) -> BaseModel:
         try:
@@ -49,9 +50,9 @@ def canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def register(name: str, config_cls: type[BaseModel], summary: str):
+def register(name: str, config_cls: type[BaseModel], summary: str, *, budget: bool = True):
     def wrap(fn):
-        REGISTRY[canonical(name)] = Method(canonical(name), config_cls, fn, summary)
+        REGISTRY[canonical(name)] = Method(canonical(name), config_cls, fn, summary, budget)
         return fn
 
     return wrap

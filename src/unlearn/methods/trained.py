@@ -190,3 +190,79 @@ def _default_coef(ctx, layer: int) -> float:
     h = ctx.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[layer + 1]
     norms = h.float().norm(dim=-1)[~split.special[:n].to(h.device)]
     return float(2 * norms.mean())
+
+
+# Refusals written for this project: the preferred answers of IdK-DPO (one per question, chosen by its index).
+REFUSALS = (
+    "I don't know.",
+    "I'm not sure about that.",
+    "I can't answer that question.",
+    "I have no information about that.",
+    "That is not something I know.",
+    "I'm unable to help with that question.",
+    "I don't have that information.",
+    "Sorry, I don't know the answer to that.",
+    "I can't say.",
+    "I'm not able to answer that.",
+)
+
+
+class IdkDPOConfig(TrainConfig):
+    beta: float = Field(0.1, gt=0, description="DPO inverse temperature β (open-unlearning IdK-DPO: 0.1)")
+    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
+    retain_loss: RetainLoss = Field("nll", description="retain term: none, NLL, or KL to the frozen original")
+
+
+@register("idk-dpo", IdkDPOConfig, "DPO towards 'I don't know'-style refusals on forget questions (Maini et al. 2024)")
+def idk_dpo(ctx, cfg: IdkDPOConfig):
+    pairs = _refusal_pairs(ctx)
+    half = pairs.input_ids.shape[1] // 2
+
+    def loss(model, forget, retain, reference):
+        # each row is [original answer row | refusal row] (see _refusal_pairs): split it back into the two
+        rows = {k: torch.cat([v[:, :half], v[:, half:]]) for k, v in forget.items()}
+        logp, _ = L.sequence_logprob(_logits(model, rows), rows["labels"])
+        with torch.no_grad():
+            ref, _ = L.sequence_logprob(_logits(reference, rows), rows["labels"])
+        n = len(forget["input_ids"])
+        f = L.dpo(logp[n:], logp[:n], ref[n:], ref[:n], cfg.beta)
+        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
+
+    proxy = _with_forget(ctx, pairs)
+    return train(proxy, cfg, loss, needs_reference=True)
+
+
+def _refusal_pairs(ctx):
+    """The forget QA rows side by side with the same prompts answered by a refusal: [N, 2 × seq_len]."""
+    from ..data.chunking import TokenSplit, build_qa_corpus
+    from ..data.formats import QAItem, load_qa
+    from ..eval.scoring import Template
+
+    data = ctx.config.forget
+    if data.format != "qa":
+        raise UnlearnError("idk-dpo needs question-answer forget data: set forget format to qa")
+    items = load_qa(data.source, hf_config=data.hf_config, hf_split=data.hf_split)
+    refusals = [QAItem(it.question, REFUSALS[i % len(REFUSALS)], id=it.id) for i, it in enumerate(items)]
+    kw = dict(seq_len=ctx.config.seq_len, eval_tokens=0, stats_tokens=ctx.config.stats_tokens, seed=ctx.config.seed)
+    template = Template(ctx.loaded.tokenizer, "auto")
+    original = build_qa_corpus("forget", data.spec(), items, ctx.loaded.tokenizer, template, **kw).stats
+    refused = build_qa_corpus("forget", data.spec(), refusals, ctx.loaded.tokenizer, template, **kw).stats
+    return TokenSplit(
+        torch.cat([original.input_ids, refused.input_ids], 1), torch.cat([original.special, refused.special], 1)
+    )
+
+
+def _with_forget(ctx, split):
+    """A view of the method context whose forget training split is ``split``."""
+    import types
+
+    forget = types.SimpleNamespace(stats=split, name="forget")
+    return types.SimpleNamespace(
+        model=ctx.model,
+        forget=forget,
+        retain=ctx.retain,
+        config=ctx.config,
+        reporter=ctx.reporter,
+        evaluate=ctx.evaluate,
+        adapter=ctx.adapter,
+    )

@@ -36,7 +36,9 @@ class TrainConfig(BaseModel):
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="learning-rate schedule")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
-    eval_every: int = Field(0, ge=0, description="evaluate every k steps (0 = only at the end)")
+    eval_every: int = Field(
+        0, ge=0, description="evaluate every k steps (0 = only at the end; with a budget, check it every 5 steps)"
+    )
     lora: str | None = Field(None, description="train LoRA adapters instead: 'r=16[,alpha=32,dropout=0,targets=a;b]'")
 
     @field_validator("lora")
@@ -117,15 +119,12 @@ def train(ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = F
     ``trainable(model)`` may return the parameters to train (default: all; with LoRA: the adapters). Returns
     the per-step log (loss terms, learning rate, evaluations every ``eval_every`` steps) with the trained model.
     """
-    from accelerate import Accelerator
     from transformers import get_scheduler
 
     model = ctx.model
     bf16 = next(model.parameters()).dtype == torch.bfloat16
     device = str(next(model.parameters()).device)
-    accelerator = Accelerator(
-        mixed_precision="bf16" if bf16 else "no", gradient_accumulation_steps=cfg.grad_accum, cpu=device == "cpu"
-    )
+    accelerator = _accelerator(cfg.grad_accum, cpu=device == "cpu")
     torch.manual_seed(ctx.config.seed)
     model = model.float()
     reference = None
@@ -148,17 +147,23 @@ def train(ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = F
     if reference is not None:
         reference = accelerator.prepare_model(reference, evaluation_mode=True)
     forget = batches(ctx.forget.stats, cfg.batch_size, ctx.config.seed)
-    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.config.seed + 1)
+    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.config.seed + 1) if ctx.retain is not None else None
 
     log, steps, start = [], [], time.perf_counter()
+    budgeted = bool(getattr(ctx, "budgeted", False))
+    every = cfg.eval_every or (5 if budgeted else 0)
+    kept, kept_step, stop_reason = _snapshot(params) if budgeted else None, 0, f"completed {cfg.steps} steps"
     model.train()
     with ctx.reporter.task("training", cfg.steps) as advance:
         for step in range(1, cfg.steps + 1):
             terms: dict[str, float] = {}
             for _ in range(cfg.grad_accum):
-                with accelerator.accumulate(model), accelerator.autocast():
+                with (
+                    accelerator.accumulate(model),
+                    torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16),
+                ):
                     fb = {k: v.to(accelerator.device) for k, v in next(forget).items()}
-                    rb = {k: v.to(accelerator.device) for k, v in next(retain).items()}
+                    rb = {k: v.to(accelerator.device) for k, v in next(retain).items()} if retain else None
                     loss, parts = loss_fn(model, fb, rb, reference)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.max_grad_norm:
@@ -172,20 +177,58 @@ def train(ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = F
                 raise UnlearnError(f"training diverged at step {step} (loss {terms['loss']}): lower lr")
             log.append({"step": step, "lr": schedule.get_last_lr()[0], **{k: round(v, 6) for k, v in terms.items()}})
             advance(1)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            if every and step % every == 0 and (step < cfg.steps or budgeted):
                 model.eval()
-                steps.append({"step": step, **ctx.evaluate(label=f"step {step}", model=_export(accelerator, model))})
+                record = {"step": step}
+                if budgeted:  # budgets are measured on the validation chunks, never on the reported ones
+                    reason, record["validation"] = ctx.check_budget(model=_export(accelerator, model))
+                    if reason and reason.startswith("budget"):
+                        _restore(params, kept)
+                        stop_reason = f"{reason}; restored the state after step {kept_step}"
+                        steps.append(record)
+                        break
+                    kept, kept_step = _snapshot(params), step
+                if cfg.eval_every:
+                    record.update(ctx.evaluate(label=f"step {step}", model=_export(accelerator, model)))
+                steps.append(record)
+                if budgeted and reason:  # the forget target is reached: keep this state
+                    stop_reason = reason
+                    break
                 model.train()
     model.eval()
     trained = _export(accelerator, model, merge=True)
     return MethodResult(
         ablation=None,
         steps=steps,
-        stop_reason=f"completed {cfg.steps} steps",
+        stop_reason=stop_reason,
         model=trained,
         log=log,
         extra={"train_seconds": round(time.perf_counter() - start, 3)},
     )
+
+
+def _accelerator(grad_accum: int, cpu: bool):
+    """An Accelerator for one training run. Precision is ours (bf16 autocast where the model was loaded in bf16),
+    so runs with different dtypes can follow each other in one process; Accelerate's process-wide state is
+    reset if an earlier run set it up differently (e.g. on another device)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision="no", gradient_accumulation_steps=grad_accum, cpu=cpu)
+    except ValueError:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(mixed_precision="no", gradient_accumulation_steps=grad_accum, cpu=cpu)
+
+
+def _snapshot(params) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+@torch.no_grad()
+def _restore(params, saved) -> None:
+    for p, s in zip(params, saved):
+        p.copy_(s)
 
 
 def _finite(x: float) -> bool:

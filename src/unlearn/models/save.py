@@ -84,6 +84,9 @@ def fold(model: nn.Module, adapter: Adapter, ablation: Ablation) -> nn.Module:
 
 def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
     """``save_pretrained`` model and tokenizer; return sha256 of every file written."""
+    from .load import quiet_transformers
+
+    quiet_transformers()  # no "Writing model shards" bar between our own progress lines
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

@@ -281,3 +281,27 @@ def test_budget_stops_training_and_restores_the_last_state_within_budget(tmp_pat
     assert "restored the state after step" in m["stop_reason"]
     bad = CliRunner().invoke(main, args[:-5] + ["--budget", "retain=5%", "--name", "c"], catch_exceptions=False)
     assert bad.exit_code == 2 and "--budget expects" in bad.stderr
+
+
+def test_fila_factors_and_initialisation_keep_the_model_unchanged(run_tiny):
+    from unlearn.methods.fila import fila_factors
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 4)
+    # equal row importance: FILA is the plain truncated SVD; full rank reproduces W
+    b, a = fila_factors(w, torch.ones(6, 4), 4)
+    assert torch.allclose(b @ a, w, atol=1e-5)
+    b1, a1 = fila_factors(w, torch.ones(6, 4), 1)
+    u, s, vh = torch.linalg.svd(w)
+    assert torch.allclose(b1 @ a1, s[0] * u[:, :1] @ vh[:1], atol=1e-5)
+    # a row with huge importance is reproduced first by a rank-1 factorisation
+    imp = torch.ones(6, 4)
+    imp[2] = 1e6
+    b1, a1 = fila_factors(w, imp, 1)
+    assert torch.allclose((b1 @ a1)[2], w[2], atol=1e-3)
+
+    result = run_tiny("fila", "ihl", {"steps": 1, "lr": 1e-12, "lora": "r=2,targets=q_proj;down_proj", "fila": True})
+    before = result.before["forget"]["loss"]
+    assert result.after["forget"]["loss"] == pytest.approx(before, abs=1e-3)  # W − BA + BA: unchanged at start
+    with pytest.raises(unlearn.UnlearnError, match="fila initialises LoRA adapters"):
+        run_tiny("fila-bad", "ihl", {"fila": True})

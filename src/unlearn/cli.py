@@ -108,6 +108,10 @@ def _set(d: dict, key: str, value) -> None:
 @click.option(
     "--retain-field", "retain_fields", multiple=True, help="Record field(s) holding retain text (default text)."
 )
+@click.option(
+    "--forget-format", type=click.Choice(["text", "qa"]), help="qa: question/answer records, loss on answers."
+)
+@click.option("--retain-format", type=click.Choice(["text", "qa"]), help="Like --forget-format, for retain data.")
 @click.option("--method", help="Unlearning method (default selective-pruning); see `unlearn methods`.")
 @click.option(
     "--set",
@@ -201,6 +205,8 @@ def run(
     retain,
     forget_fields,
     retain_fields,
+    forget_format,
+    retain_format,
     method,
     method_params,
     importance,
@@ -254,10 +260,14 @@ def run(
         ("name", name),
     ):
         _set(values, key, val)
-    for which, source, fields in (("forget", forget, forget_fields), ("retain", retain, retain_fields)):
-        if source is not None or fields:
+    for which, source, fields, fmt in (
+        ("forget", forget, forget_fields, forget_format),
+        ("retain", retain, retain_fields, retain_format),
+    ):
+        if source is not None or fields or fmt:
             data = dict(values.get(which) or {})
             _set(data, "source", source)
+            _set(data, "format", fmt)
             if fields:
                 data["fields"] = list(fields)
             if "source" not in data:

@@ -108,15 +108,36 @@ def simnpo(ctx, cfg: SimNPOConfig):
 
 class IHLConfig(TrainConfig):
     alpha: float = Field(1.0, ge=0, description="weight of the retain NLL term")
+    fila: bool = Field(False, description="initialise the LoRA adapters with FILA (needs lora; Cha et al. 2024)")
+    fila_batches: int = Field(8, ge=1, description="batches per Fisher estimate for FILA (forget and retain)")
+
+    @model_validator(mode="after")
+    def _fila_needs_lora(self):
+        if self.fila and not self.lora:
+            raise ValueError("fila initialises LoRA adapters: set lora too (e.g. lora=r=16)")
+        return self
 
 
-@register("ihl", IHLConfig, "inverted hinge loss on forget + NLL on retain (Cha et al. 2024)")
+@register("ihl", IHLConfig, "inverted hinge loss on forget + NLL on retain, optionally FILA-initialised LoRA")
 def ihl(ctx, cfg: IHLConfig):
     def loss(model, forget, retain, reference):
         f = L.inverted_hinge(_logits(model, forget), forget["labels"])
         return _combine(f, _retain_term("nll", model, retain, None), 1.0, cfg.alpha)
 
-    return train(ctx, cfg, loss)
+    init = None
+    if cfg.fila:
+        from .edits import fisher_diagonal
+        from .fila import fila_init
+
+        model = ctx.model.float()
+        kw = dict(batch_size=cfg.batch_size, max_batches=cfg.fila_batches, seed=ctx.config.seed)
+        fisher_f = fisher_diagonal(model, ctx.forget.stats, **kw)
+        fisher_r = fisher_diagonal(model, ctx.retain.stats, **kw)
+
+        def init(peft_model):
+            fila_init(peft_model, fisher_f, fisher_r)
+
+    return train(ctx, cfg, loss, lora_init=init)
 
 
 class RMUConfig(TrainConfig):

@@ -113,10 +113,13 @@ def batches(split, batch_size: int, seed: int):
             }
 
 
-def train(ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = False, trainable=None) -> MethodResult:
+def train(
+    ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = False, trainable=None, lora_init=None
+) -> MethodResult:
     """Train ``ctx.model`` with ``loss_fn(model, forget, retain, reference)`` for ``cfg.steps`` optimizer steps.
 
-    ``trainable(model)`` may return the parameters to train (default: all; with LoRA: the adapters). Returns
+    ``trainable(model)`` may return the parameters to train (default: all; with LoRA: the adapters);
+    ``lora_init(peft_model)`` may initialise the LoRA adapters (FILA). Returns
     the per-step log (loss terms, learning rate, evaluations every ``eval_every`` steps) with the trained model.
     """
     from transformers import get_scheduler
@@ -132,6 +135,8 @@ def train(ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = F
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.lora:  # peft freezes the base model and trains the adapters
         model = wrap_lora(model, cfg.lora)
+        if lora_init is not None:
+            lora_init(model)
     elif trainable is not None:
         model.requires_grad_(False)
         for p in trainable(model):

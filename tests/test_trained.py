@@ -281,6 +281,12 @@ def test_budget_stops_training_and_restores_the_last_state_within_budget(tmp_pat
     assert "restored the state after step" in m["stop_reason"]
     bad = CliRunner().invoke(main, args[:-5] + ["--budget", "retain=5%", "--name", "c"], catch_exceptions=False)
     assert bad.exit_code == 2 and "--budget expects" in bad.stderr
+    bad = CliRunner().invoke(main, args[:-5] + ["--budget", "utility=1.5", "--name", "c"], catch_exceptions=False)
+    assert bad.exit_code == 2 and "utility=X needs 0 < X < 1" in bad.stderr
+    ok = CliRunner().invoke(
+        main, args[:-5] + ["--budget", "utility=99%", "--name", "u", "--json"], catch_exceptions=False
+    )
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["stop_reason"].startswith("budget: validation retain top1")
 
 
 def test_fila_factors_and_initialisation_keep_the_model_unchanged(run_tiny):

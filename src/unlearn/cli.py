@@ -158,8 +158,9 @@ def _set(d: dict, key: str, value) -> None:
     "--budget",
     "budgets",
     multiple=True,
-    metavar="retain|forget:METRIC=X%",
-    help="Shorthand: retain:top1=5% = --budget-metric top1 --max-retain-drop 5%; forget:top1=80% sets the target.",
+    metavar="SPEC",
+    help="retain:top1=5% = --budget-metric top1 --max-retain-drop 5%; forget:top1=80% sets the target; "
+    "utility=0.95 keeps 95% of the retain metric (= a 5% retain drop budget).",
 )
 @click.option(
     "--dtype",
@@ -297,6 +298,14 @@ def run(
         values["method_config"] = mc
     stop = dict(values.get("stop") or {})
     for item in budgets:
+        if item.startswith("utility="):  # keep ≥ this share of the retain metric = a retain drop budget
+            share = _fraction(item.split("=", 1)[1], "--budget utility")
+            if not 0 < share < 1:
+                raise UnlearnError(
+                    f"--budget utility=X needs 0 < X < 1 (the share of retain performance kept), got {share}"
+                )
+            stop["max_retain_drop"] = 1 - share
+            continue
         which, sep, rest = item.partition(":")
         metric, eq, amount = rest.partition("=")
         if which not in ("retain", "forget") or not sep or not eq or not metric:

@@ -311,3 +311,10 @@ def test_fila_factors_and_initialisation_keep_the_model_unchanged(run_tiny):
     assert result.after["forget"]["loss"] == pytest.approx(before, abs=1e-3)  # W − BA + BA: unchanged at start
     with pytest.raises(unlearn.UnlearnError, match="fila initialises LoRA adapters"):
         run_tiny("fila-bad", "ihl", {"fila": True})
+
+
+def test_rmu_with_lora_adapts_only_its_projections(run_tiny, tiny_checkpoint):
+    result = run_tiny("rmu-lora", "rmu", {"steps": 2, "lr": 1e-2, "layer": 1, "update_layers": [1], "lora": "r=2"})
+    before = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("llama")).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(result.run_dir / "model").state_dict()
+    assert {n for n, p in after.items() if not torch.equal(p, before[n])} == {"model.layers.1.mlp.down_proj.weight"}

@@ -195,6 +195,10 @@ def rmu(ctx, cfg: RMUConfig):
     def trainable(model):
         return [ctx.adapter.out_proj(model, i, "ff").weight for i in update]
 
+    if cfg.lora and "targets=" not in cfg.lora:  # LoRA on the same projections RMU would train
+        names = {id(m): n for n, m in ctx.model.named_modules()}
+        targets = ";".join(names[id(ctx.adapter.out_proj(ctx.model, i, "ff"))] for i in update)
+        cfg = cfg.model_copy(update={"lora": f"{cfg.lora},targets={targets}"})
     result = train(ctx, cfg, loss, needs_reference=True, trainable=trainable)
     result.extra.update(layer=layer, update_layers=update, steering_coef=coef)
     return result

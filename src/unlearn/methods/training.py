@@ -81,13 +81,15 @@ def wrap_lora(model, spec: str):
 
     args = parse_lora(spec)
     targets = args["target_modules"]
-    if isinstance(targets, list):
-        names = {n.rsplit(".", 1)[-1]: m for n, m in model.named_modules()}
+    if isinstance(targets, list):  # peft matches a target against the end of each module's dotted name
+        modules = dict(model.named_modules())
         for t in targets:
-            if t not in names:
+            found = [m for n, m in modules.items() if n == t or n.endswith("." + t)]
+            if not found:
                 raise UnlearnError(f"LoRA target {t!r} is not a module of this model")
-            if not _is_linear(names[t]):
-                raise UnlearnError(f"LoRA target {t!r} is a {type(names[t]).__name__}, not a linear layer")
+            bad = next((m for m in found if not _is_linear(m)), None)
+            if bad is not None:
+                raise UnlearnError(f"LoRA target {t!r} is a {type(bad).__name__}, not a linear layer")
     return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", bias="none", **args))
 
 

@@ -318,3 +318,25 @@ def test_rmu_with_lora_adapts_only_its_projections(run_tiny, tiny_checkpoint):
     before = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("llama")).state_dict()
     after = AutoModelForCausalLM.from_pretrained(result.run_dir / "model").state_dict()
     assert {n for n, p in after.items() if not torch.equal(p, before[n])} == {"model.layers.1.mlp.down_proj.weight"}
+
+
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("gradient-ascent", ["--set", "lr=0.05", "--set", "eval_every=1"]),
+        ("selective-pruning", ["--set", "ff_frac=0.1", "--set", "attn_frac=0"]),
+    ],
+)
+def test_kl_budget(tmp_path, tiny_checkpoint, method, params):
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    args = ["run", "--model", str(tiny_checkpoint("llama")), "--forget", str(lib / "textwrap.py")]
+    args += ["--retain", str(lib / "argparse.py"), "--out", str(tmp_path / "runs"), "--seq-len", "32"]
+    args += ["--stats-tokens", "256", "--eval-tokens", "128", "--val-tokens", "128", "--dtype", "fp32"]
+    args += ["--method", method, "--set", "steps=5", *params, "--budget", "kl=1e-9", "--json"]
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["stop_reason"].startswith("budget: validation retain KL(original ‖ model)")
+    assert m["steps"][-1]["validation"]["retain_kl"] > 1e-9
+    # the state kept is the one before the first change: the model is the original again
+    assert m["after"]["retain"]["loss"] == pytest.approx(m["before"]["retain"]["loss"], abs=1e-5)

@@ -118,10 +118,11 @@ class MethodContext:
         self.timings["evaluation"] += time.perf_counter() - start
         return out
 
+    original: object | None = None  # a frozen copy of the model before unlearning (for a KL budget)
+
     @property
     def budgeted(self) -> bool:
-        stop = self.config.stop
-        return stop.max_retain_drop is not None or stop.forget_target_drop is not None
+        return self.config.stop.active
 
     def check_budget(self, ablation: Ablation | None = None, model=None) -> tuple[str | None, dict | None]:
         """Measure the budget on the validation chunks: (a reason to stop or None, the validation metrics).
@@ -135,6 +136,15 @@ class MethodContext:
             self.baseline_val = self.evaluate(label="validation before", split="val")
         metrics = self.evaluate(ablation, label="validation", split="val", model=model)
         stop = self.config.stop
+        if stop.max_retain_kl is not None:
+            from .eval.suites.lm import specificity_kl
+
+            current = model if model is not None else self.model
+            with ablated(current, self.adapter, ablation) if ablation else contextlib.nullcontext():
+                kl = specificity_kl(current, self.original, self.retain.val, max(1, self.config.batch_size // 2))
+            metrics["retain_kl"] = kl
+            if kl > stop.max_retain_kl:
+                return f"budget: validation retain KL(original ‖ model) {kl:.4f} > {stop.max_retain_kl}", metrics
         metric = stop.metric
         if metric not in metrics["retain_drop"]:
             raise UnlearnError(f"unknown budget metric {metric!r}: use one of {', '.join(metrics['retain_drop'])}")
@@ -245,7 +255,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     reporter = Reporter(console)
     method = get_method(cfg.method)
     method_cfg = method.make_config(cfg.method_config)
-    if not method.budget and (cfg.stop.max_retain_drop is not None or cfg.stop.forget_target_drop is not None):
+    if not method.budget and cfg.stop.active:
         raise UnlearnError(f"{method.name} is a single edit: it cannot stop on a budget (drop --budget)")
     cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
     for data in (cfg.forget, cfg.retain):
@@ -270,6 +280,10 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     timings["data"] = time.perf_counter() - start
 
     ctx = MethodContext(loaded, adapter, forget, retain, cfg, reporter)
+    if cfg.stop.max_retain_kl is not None:  # the KL budget compares against the model as it was
+        import copy
+
+        ctx.original = copy.deepcopy(loaded.model).eval().requires_grad_(False)
     start = time.perf_counter()
     ctx.baseline = ctx.evaluate(label="before")
     timings["baseline_evaluation"] = time.perf_counter() - start

@@ -160,7 +160,8 @@ def _set(d: dict, key: str, value) -> None:
     multiple=True,
     metavar="SPEC",
     help="retain:top1=5% = --budget-metric top1 --max-retain-drop 5%; forget:top1=80% sets the target; "
-    "utility=0.95 keeps 95% of the retain metric (= a 5% retain drop budget).",
+    "utility=0.95 keeps 95% of the retain metric (= a 5% retain drop budget); kl=0.05 bounds the mean "
+    "KL(original ‖ model) on retain text.",
 )
 @click.option(
     "--dtype",
@@ -298,6 +299,12 @@ def run(
         values["method_config"] = mc
     stop = dict(values.get("stop") or {})
     for item in budgets:
+        if item.startswith("kl="):  # a bound on KL(original ‖ model) on the retain validation chunks
+            try:
+                stop["max_retain_kl"] = float(item[3:])
+            except ValueError:
+                raise UnlearnError(f"--budget kl=X needs a number, got {item!r}") from None
+            continue
         if item.startswith("utility="):  # keep ≥ this share of the retain metric = a retain drop budget
             share = _fraction(item.split("=", 1)[1], "--budget utility")
             if not 0 < share < 1:

@@ -42,6 +42,13 @@ class StopConfig(BaseModel):
     metric: str = Field("top1", description="metric the budget watches (top1, top10, skip50_top1, ...)")
     max_retain_drop: float | None = Field(None, gt=0, lt=1, description="largest relative retain drop allowed")
     forget_target_drop: float | None = Field(None, gt=0, le=1, description="stop once forget dropped this much")
+    max_retain_kl: float | None = Field(
+        None, gt=0, description="largest mean KL(original ‖ model) of next-token distributions on retain allowed"
+    )
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.max_retain_drop, self.forget_target_drop, self.max_retain_kl))
 
 
 class EvalSpec(BaseModel):
@@ -98,7 +105,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _budget_needs_validation(self):
-        if (self.stop.max_retain_drop is not None or self.stop.forget_target_drop is not None) and not self.val_tokens:
+        if self.stop.active and not self.val_tokens:
             raise ValueError("a stopping budget or target is measured on validation chunks: set val_tokens > 0")
         return self
 

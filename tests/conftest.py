@@ -180,3 +180,33 @@ def text_files(tmp_path):
     prose = tmp_path / "prose.txt"
     prose.write_text("\n\n".join(docs), encoding="utf-8")
     return code, prose
+
+
+@pytest.fixture
+def run_tiny(tmp_path, tiny_checkpoint, text_files):
+    """``run_tiny(name, method, method_config, **overrides)``: ``unlearn.run`` on the tiny llama with small budgets."""
+    import unlearn
+
+    code, prose = text_files
+    ckpt = tiny_checkpoint("llama")
+
+    def run(name, method, method_config, **overrides):
+        cfg = dict(
+            model=str(ckpt),
+            dtype="fp32",
+            device="cpu",
+            forget={"source": str(code)},
+            retain={"source": str(prose)},
+            seq_len=32,
+            stats_tokens=256,
+            eval_tokens=128,
+            val_tokens=0,
+            batch_size=4,
+            out_dir=str(tmp_path / "runs"),
+            name=name,
+            method=method,
+            method_config=method_config,
+        )
+        return unlearn.run({**cfg, **overrides})
+
+    return run

@@ -84,33 +84,6 @@ def test_task_vector_arithmetic():
     assert all(torch.equal(same[n], p) for n, p in sd.items())
 
 
-@pytest.fixture
-def run_tiny(tmp_path, tiny_checkpoint, text_files):
-    code, prose = text_files
-    ckpt = tiny_checkpoint("llama")
-
-    def run(name, method, method_config, **overrides):
-        cfg = dict(
-            model=str(ckpt),
-            dtype="fp32",
-            device="cpu",
-            forget={"source": str(code)},
-            retain={"source": str(prose)},
-            seq_len=32,
-            stats_tokens=256,
-            eval_tokens=128,
-            val_tokens=0,
-            batch_size=4,
-            out_dir=str(tmp_path / "runs"),
-            name=name,
-            method=method,
-            method_config=method_config,
-        )
-        return unlearn.run({**cfg, **overrides})
-
-    return run
-
-
 def _loads(result):
     model = AutoModelForCausalLM.from_pretrained(result.run_dir / "model")
     assert not any("lora" in k for k in model.state_dict())

@@ -78,33 +78,6 @@ def test_parse_lora():
             parse_lora(bad)
 
 
-@pytest.fixture
-def run_tiny(tmp_path, tiny_checkpoint, text_files):
-    code, prose = text_files
-    ckpt = tiny_checkpoint("llama")
-
-    def run(name, method, method_config, **overrides):
-        cfg = dict(
-            model=str(ckpt),
-            dtype="fp32",
-            device="cpu",
-            forget={"source": str(code)},
-            retain={"source": str(prose)},
-            seq_len=32,
-            stats_tokens=256,
-            eval_tokens=128,
-            val_tokens=0,
-            batch_size=4,
-            out_dir=str(tmp_path / "runs"),
-            name=name,
-            method=method,
-            method_config=method_config,
-        )
-        return unlearn.run({**cfg, **overrides})
-
-    return run
-
-
 @pytest.mark.parametrize("method", TRAINED)
 def test_every_trained_method_changes_the_model_and_saves_a_plain_checkpoint(run_tiny, method):
     result = run_tiny(method, method, {"steps": 2, "lr": 1e-3, "batch_size": 2})

@@ -71,10 +71,15 @@ def graddiff(ctx, cfg: GradDiffConfig):
     return train(ctx, cfg, loss, needs_reference=cfg.retain_loss == "kl")
 
 
-class NPOConfig(TrainConfig):
-    beta: float = Field(0.1, gt=0, description="inverse temperature β (NPO paper: 0.1)")
+class RetainTermConfig(TrainConfig):
+    """Methods with an optional retain term: α · (NLL on retain, or KL(original ‖ model) on retain)."""
+
     alpha: float = Field(1.0, ge=0, description="weight of the retain term")
     retain_loss: RetainLoss = Field("nll", description="retain term: none, NLL, or KL to the frozen original")
+
+
+class NPOConfig(RetainTermConfig):
+    beta: float = Field(0.1, gt=0, description="inverse temperature β (NPO paper: 0.1)")
 
 
 @register("npo", NPOConfig, "negative preference optimisation against the frozen original (Zhang et al. 2024)")
@@ -89,11 +94,9 @@ def npo(ctx, cfg: NPOConfig):
     return train(ctx, cfg, loss, needs_reference=True)
 
 
-class SimNPOConfig(TrainConfig):
+class SimNPOConfig(RetainTermConfig):
     beta: float = Field(2.5, gt=0, description="inverse temperature β (SimNPO paper, TOFU: 2.5)")
     delta: float = Field(0.0, ge=0, description="reward margin δ (SimNPO paper, TOFU: 0)")
-    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
-    retain_loss: RetainLoss = Field("nll", description="retain term: none, NLL, or KL to the frozen original")
 
 
 @register("simnpo", SimNPOConfig, "SimNPO: reference-free, length-normalised NPO (Fan et al. 2024)")
@@ -232,10 +235,8 @@ REFUSALS = (
 )
 
 
-class IdkDPOConfig(TrainConfig):
+class IdkDPOConfig(RetainTermConfig):
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature β (open-unlearning IdK-DPO: 0.1)")
-    alpha: float = Field(1.0, ge=0, description="weight of the retain term")
-    retain_loss: RetainLoss = Field("nll", description="retain term: none, NLL, or KL to the frozen original")
 
 
 @register("idk-dpo", IdkDPOConfig, "DPO towards 'I don't know'-style refusals on forget questions (Maini et al. 2024)")

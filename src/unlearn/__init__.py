@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import RunResult, evaluate, evaluate_suite, methods, run, suites  # noqa: E402
+from .api import RunResult, evaluate, evaluate_suite, learn, methods, run, suites  # noqa: E402
 from .config import DataConfig, RunConfig, StopConfig  # noqa: E402
 from .errors import UnlearnError  # noqa: E402
 
@@ -14,6 +14,7 @@ __all__ = [
     "UnlearnError",
     "evaluate",
     "evaluate_suite",
+    "learn",
     "methods",
     "run",
     "suites",

@@ -200,6 +200,16 @@ def test_suites_end_to_end_on_a_tiny_model_with_cache_and_reference(tmp_path, ti
         str(path), "tofu", [str(tofu)], reference=str(tmp_path / "out/eval/tofu.json"), **args
     )
     assert again["computed"] == [] and again["summary"]["forget_quality"] == pytest.approx(1.0)
+    with pytest.raises(UnlearnError, match="scored on other forget questions"):  # 2 questions vs the saved 3
+        unlearn.evaluate_suite(
+            str(path),
+            "tofu",
+            [str(tofu)],
+            reference=str(tmp_path / "out/eval/tofu.json"),
+            settings={"max_new_tokens": 6, "limit": 2},
+            out=tmp_path / "out2",
+            **TINY,
+        )
     fresh = unlearn.evaluate_suite(
         str(path), "tofu", [f"forget={tofu}/forget01_perturbed.jsonl"], overwrite=True, **args
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ...data.formats import load_qa
+from ...errors import UnlearnError
 from .. import functional as F
 from . import Suite, SuiteConfig, SuiteContext, mean, register
 
@@ -100,6 +101,12 @@ def reference_truth_ratios(ctx: SuiteContext, cfg: TofuConfig) -> list[float] | 
         ctx.log("tofu: forget quality needs --reference (a retain-only model or its eval/tofu.json)")
         return None
     if ref.saved is not None:
+        ours = [it.question for it in load_qa(ctx.files["forget"], limit=cfg.limit)]
+        if ref.saved_samples("forget", "question") != ours:
+            raise UnlearnError(
+                f"reference results {ref.spec} were scored on other forget questions than {ctx.files['forget']}: "
+                "evaluate the reference on the same forget data and limit"
+            )
         return ref.saved_samples("forget", "truth_ratio")
     items = load_qa(ctx.files["forget"], limit=cfg.limit)
 

@@ -86,10 +86,28 @@ def test_default_run_meets_acceptance(tmp_path):
     assert first.manifest["model"]["sha256_after"] == second.manifest["model"]["sha256_after"]
 
 
-@pytest.mark.parametrize("method", ["gradient-ascent", "graddiff", "npo", "simnpo", "ihl", "rmu"])
+@pytest.mark.parametrize(
+    "method", ["gradient-ascent", "graddiff", "npo", "simnpo", "ihl", "rmu", "idk-dpo", "ssd", "task-vector"]
+)
 def test_bundled_trained_methods_with_tiny_budgets(tmp_path, method):
+    budget = {"ssd": {"batch_size": 2, "max_batches": 2}}.get(method, {"steps": 2, "batch_size": 2, "lr": 1e-4})
+    forget = {"source": "python-stdlib"}
+    if method == "idk-dpo":  # preference pairs need questions: a few QA records about the standard library
+        qa = [
+            {"question": f"What does the {m} module do?", "answer": f"The {m} module {d}."}
+            for m, d in (
+                ("textwrap", "wraps and fills text"),
+                ("shlex", "splits shell-like syntax"),
+                ("json", "encodes JSON"),
+                ("csv", "reads and writes CSV files"),
+            )
+        ]
+        path = tmp_path / "qa.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in qa), encoding="utf-8")
+        forget = {"source": str(path), "format": "qa"}
     result = unlearn.run(
         dict(
+            forget=forget,
             seq_len=64,
             eval_tokens=256,
             val_tokens=0,
@@ -98,10 +116,10 @@ def test_bundled_trained_methods_with_tiny_budgets(tmp_path, method):
             out_dir=str(tmp_path),
             name=method,
             method=method,
-            method_config={"steps": 2, "batch_size": 2, "lr": 1e-4},
+            method_config=budget,
             save_model=False,
         )
     )
-    log = result.metrics["train_log"]
-    assert [s["step"] for s in log] == [1, 2] and all(s["loss"] == s["loss"] for s in log)
+    log = result.metrics.get("train_log", [])
+    assert method == "ssd" or ([s["step"] for s in log] == [1, 2] and all(s["loss"] == s["loss"] for s in log))
     assert result.after["forget"]["loss"] != result.before["forget"]["loss"]  # the weights moved

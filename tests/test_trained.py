@@ -313,3 +313,17 @@ def test_kl_budget(tmp_path, tiny_checkpoint, method, params):
     assert m["steps"][-1]["validation"]["retain_kl"] > 1e-9
     # the state kept is the one before the first change: the model is the original again
     assert m["after"]["retain"]["loss"] == pytest.approx(m["before"]["retain"]["loss"], abs=1e-5)
+
+
+def test_lora_flag(tmp_path, tiny_checkpoint, text_files):
+    code, prose = text_files
+    args = ["run", "--model", str(tiny_checkpoint("llama")), "--forget", str(code), "--retain", str(prose)]
+    args += ["--out", str(tmp_path / "runs"), "--seq-len", "32", "--stats-tokens", "256", "--eval-tokens", "128"]
+    args += ["--val-tokens", "0", "--dtype", "fp32", "--method", "npo", "--set", "steps=1", "--lora", "r=4"]
+    r = CliRunner().invoke(main, [*args, "--name", "l", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    saved = json.loads((tmp_path / "runs" / "l" / "manifest.json").read_text())
+    assert saved["model"]["sha256_after"] != saved["model"]["sha256_before"]
+    assert "lora: r=4" in (tmp_path / "runs" / "l" / "config.yaml").read_text()
+    r = CliRunner().invoke(main, [*args[:-2], "--lora", "r=0", "--name", "m"], catch_exceptions=False)
+    assert r.exit_code == 2 and "lora" in r.stderr.lower()

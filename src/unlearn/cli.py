@@ -147,6 +147,9 @@ def _set(d: dict, key: str, value) -> None:
     help=f"Set pruned neurons to 0 or their retain mean (default {SP['ablation']}).",
 )
 @click.option(
+    "--lora", help="Trained methods: train LoRA adapters (merged on save), e.g. r=16 or r=8,targets=q_proj;v_proj."
+)
+@click.option(
     "--collect", type=click.Choice(["every", "once"]), help="Collect statistics before every step (default) or once."
 )
 @click.option(
@@ -217,6 +220,7 @@ def run(
     steps,
     scope,
     ablation,
+    lora,
     collect,
     max_retain_drop,
     forget_target_drop,
@@ -290,6 +294,7 @@ def run(
         ("steps", steps),
         ("scope", scope),
         ("ablation", ablation),
+        ("lora", lora),
     ):
         _set(mc, key, val)
     if collect:

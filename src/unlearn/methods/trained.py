@@ -7,6 +7,7 @@ from the original paper or code) and a loss on one forget and one retain micro-b
 
 from __future__ import annotations
 
+import types
 from typing import Literal
 
 import torch
@@ -15,7 +16,7 @@ from pydantic import Field, model_validator
 from ..errors import UnlearnError
 from . import losses as L
 from .registry import register
-from .training import TrainConfig, train
+from .training import TrainConfig, context_view, train
 
 RetainLoss = Literal["none", "nll", "kl"]
 
@@ -254,7 +255,7 @@ def idk_dpo(ctx, cfg: IdkDPOConfig):
         f = L.dpo(logp[n:], logp[:n], ref[n:], ref[:n], cfg.beta)
         return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
-    proxy = _with_forget(ctx, pairs)
+    proxy = context_view(ctx, forget=types.SimpleNamespace(stats=pairs, name="forget"))
     return train(proxy, cfg, loss, needs_reference=True)
 
 
@@ -275,20 +276,4 @@ def _refusal_pairs(ctx):
     refused = build_qa_corpus("forget", data.spec(), refusals, ctx.loaded.tokenizer, template, **kw).stats
     return TokenSplit(
         torch.cat([original.input_ids, refused.input_ids], 1), torch.cat([original.special, refused.special], 1)
-    )
-
-
-def _with_forget(ctx, split):
-    """A view of the method context whose forget training split is ``split``."""
-    import types
-
-    forget = types.SimpleNamespace(stats=split, name="forget")
-    return types.SimpleNamespace(
-        model=ctx.model,
-        forget=forget,
-        retain=ctx.retain,
-        config=ctx.config,
-        reporter=ctx.reporter,
-        evaluate=ctx.evaluate,
-        adapter=ctx.adapter,
     )

@@ -214,6 +214,15 @@ def train(
     )
 
 
+def context_view(ctx, **overrides):
+    """What :func:`train` reads of a method context (model, corpora, config, reporter, evaluate, adapter), with
+    some of it replaced — e.g. a copy of the model, or another forget training split."""
+    import types
+
+    fields = ("model", "forget", "retain", "config", "reporter", "evaluate", "adapter")
+    return types.SimpleNamespace(**{**{f: getattr(ctx, f, None) for f in fields}, **overrides})
+
+
 def _accelerator(grad_accum: int, cpu: bool):
     """An Accelerator for one training run. Precision is ours (bf16 autocast where the model was loaded in bf16),
     so runs with different dtypes can follow each other in one process; Accelerate's process-wide state is

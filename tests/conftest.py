@@ -68,50 +68,21 @@ def tiny_config(family: str, vocab_size: int = 400, **extra):
     from transformers import AutoConfig
 
     common = dict(vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=0)
+    # the decoder families with grouped-query attention share one shape
+    gqa = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     per_family = {
-        "llama": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        ),
-        "mistral": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            sliding_window=None,
-        ),
-        "qwen2": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        ),
-        "gemma": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=512,
-        ),
-        "phi3": dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            original_max_position_embeddings=512,
-        ),
+        "llama": gqa,
+        "mistral": dict(gqa, sliding_window=None),
+        "qwen2": gqa,
+        "gemma": dict(gqa, head_dim=8),
+        "phi3": dict(gqa, original_max_position_embeddings=512),
         "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=512),
         "gpt_neox": dict(
             hidden_size=32,

@@ -227,29 +227,15 @@ METRICS = ("top1", "top10", "skip50_top1", "skip50_top10")
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_checkpoint, text_files):
+def setup(tmp_path, tiny_checkpoint, text_files, run_tiny):
     code, prose = text_files
     ckpt = tiny_checkpoint("llama")
 
     def run(name: str, method_config: dict, **overrides):
-        cfg = dict(
-            model=str(ckpt),
-            dtype="fp32",
-            device="cpu",
-            forget={"source": str(code)},
-            retain={"source": str(prose)},
-            seq_len=SEQ_LEN,
-            stats_tokens=STATS_TOKENS,
-            eval_tokens=EVAL_TOKENS,
-            val_tokens=VAL_TOKENS,
-            batch_size=BATCH,
-            seed=0,
-            out_dir=str(tmp_path / "runs"),
-            name=name,
-            method_config={"attn_frac": 0.0, **method_config},  # tiny models: too few heads for the default
-        )
-        cfg.update(overrides)
-        return unlearn.run(cfg)
+        budgets = dict(seq_len=SEQ_LEN, stats_tokens=STATS_TOKENS, eval_tokens=EVAL_TOKENS, val_tokens=VAL_TOKENS)
+        # tiny models have too few heads for the default attention fraction
+        mc = {"attn_frac": 0.0, **method_config}
+        return run_tiny(name, "selective-pruning", mc, **{**budgets, "batch_size": BATCH, **overrides})
 
     return {"run": run, "ckpt": ckpt, "code": code, "prose": prose, "out": tmp_path / "runs"}
 

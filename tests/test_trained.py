@@ -146,6 +146,11 @@ def test_methods_lists_trained_methods():
     assert json.dumps(info, default=str)
 
 
+def _qa_budgets(qa) -> dict:
+    """Run settings for the 6-question QA file as forget data: one 96-token row per question, all of them."""
+    return dict(forget={"source": str(qa), "format": "qa"}, stats_tokens=6 * 96, eval_tokens=6 * 96, seq_len=96)
+
+
 def _qa_file(tmp_path):
     rows = [{"question": f"What does module {n} do?", "answer": f"Module {n} handles {n} tasks."} for n in "abcdef"]
     path = tmp_path / "qa.jsonl"
@@ -198,10 +203,7 @@ def test_qa_format_unlearning_scores_answers_only(run_tiny, tmp_path):
         "qa",
         "npo",
         {"steps": 2, "lr": 1e-3, "batch_size": 2},
-        forget={"source": str(qa), "format": "qa"},
-        stats_tokens=6 * 96,
-        eval_tokens=6 * 96,
-        seq_len=96,
+        **_qa_budgets(qa),
     )
     assert result.manifest["data"]["forget"]["segments"] == 6
     # answers only: each row scores its answer tokens and EOS, not the prompt or padding
@@ -222,10 +224,7 @@ def test_idk_dpo_prefers_refusals_on_qa_forget_data(run_tiny, tmp_path):
         "idk",
         "idk-dpo",
         {"steps": 4, "lr": 1e-2, "batch_size": 3},
-        forget={"source": str(qa), "format": "qa"},
-        stats_tokens=6 * 96,
-        eval_tokens=6 * 96,
-        seq_len=96,
+        **_qa_budgets(qa),
     )
     log = result.metrics["train_log"]
     assert log[0]["forget_loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference

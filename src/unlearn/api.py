@@ -291,7 +291,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     suites = {"before": {}, "after": {}}
     start = time.perf_counter()
     for spec in cfg.evals:
-        suites["before"][spec.suite] = _run_eval(spec, loaded, cfg, Path(scratch.name) / "before", reporter)
+        suites["before"][spec.suite] = _run_eval(spec, loaded, model_hash, cfg, Path(scratch.name) / "before", reporter)
     timings["suites_before"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -305,19 +305,16 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     after = result.final if result.final is not None else ctx.evaluate(result.ablation, label="after")
     # the unlearned model as it is saved: hooks folded into the weights (the working copy is changed in place)
     model = fold(loaded.model, adapter, result.ablation) if result.ablation else loaded.model
+    out_hash = state_dict_hash(model) if cfg.save_model or cfg.evals else None  # once: suites and manifest
     start = time.perf_counter()
     unlearned = LoadedModel(model, loaded.tokenizer, loaded.spec, loaded.source, loaded.dtype, loaded.device)
     for spec in cfg.evals:
-        suites["after"][spec.suite] = _run_eval(spec, unlearned, cfg, Path(scratch.name) / "after", reporter)
+        suites["after"][spec.suite] = _run_eval(spec, unlearned, out_hash, cfg, Path(scratch.name) / "after", reporter)
     timings["suites_after"] = time.perf_counter() - start
 
     with folder, scratch:
         start = time.perf_counter()
-        files = {}
-        out_hash = None
-        if cfg.save_model:
-            files = save_checkpoint(model, loaded.tokenizer, folder.path("model"))
-            out_hash = state_dict_hash(model)
+        files = save_checkpoint(model, loaded.tokenizer, folder.path("model")) if cfg.save_model else {}
         if cfg.evals:
             shutil.copytree(Path(scratch.name) / "after" / "eval", folder.path("eval"))
             shutil.copytree(Path(scratch.name) / "before" / "eval", folder.path("eval", "before"))
@@ -348,7 +345,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
                 "device": loaded.device,
                 "family": adapter.family,
                 "sha256_before": model_hash,
-                "sha256_after": out_hash,
+                "sha256_after": out_hash if cfg.save_model else None,
                 "files": files,
             },
             "data": {
@@ -389,7 +386,7 @@ def _check_evals(cfg: RunConfig) -> None:
         suite.check_data(resolve_parts(suite, spec.data), suite.make_config(spec.settings))
 
 
-def _run_eval(spec, loaded: LoadedModel, cfg: RunConfig, out: Path, reporter: Reporter) -> dict:
+def _run_eval(spec, loaded: LoadedModel, sha: str, cfg: RunConfig, out: Path, reporter: Reporter) -> dict:
     """One suite on the run's model (before or after unlearning); the summary (the file goes under ``out``)."""
     result = evaluate_suite(
         cfg.model,
@@ -404,6 +401,7 @@ def _run_eval(spec, loaded: LoadedModel, cfg: RunConfig, out: Path, reporter: Re
         device=cfg.device,
         console=reporter.console,
         loaded=loaded,
+        sha256=sha,
     )
     return result["summary"]
 
@@ -482,6 +480,7 @@ def evaluate_suite(
     device: str = "auto",
     console=None,
     loaded: LoadedModel | None = None,
+    sha256: str | None = None,
 ) -> dict:
     """Run an evaluation suite (``tofu``, ``muse``, ``rwku``, ``mcq``, ``lm``, ``mia``) on ``model``.
 
@@ -490,7 +489,8 @@ def evaluate_suite(
     PrivLeak and reference attacks; ``original`` (default: the model a run folder started from) serves
     specificity and fluency. Results go to ``OUT/eval/<suite>.json`` (default ``OUT``: the run folder holding
     ``model``, else ``evals/<model>``), and parts computed earlier for the same model, data and settings are
-    reused unless ``overwrite``. Returns the results file's content plus ``path``, ``reused`` and ``computed``.
+    reused unless ``overwrite``. ``loaded`` evaluates a model already in memory (``sha256``: its weights' hash,
+    when known). Returns the results file's content plus ``path``, ``reused`` and ``computed``.
     """
     from .eval.scoring import Scorer, Template
     from .eval.store import ResultStore
@@ -521,7 +521,7 @@ def evaluate_suite(
     start = time.perf_counter()
     scorer = Scorer(loaded.model, loaded.tokenizer, batch_size=batch_size, progress=reporter.task)
     template = Template(loaded.tokenizer, cfg.template)
-    sha = state_dict_hash(loaded.model)
+    sha = sha256 or state_dict_hash(loaded.model)
     store = ResultStore(
         out_dir / "eval" / f"{s.name}.json",
         s.name,
@@ -633,9 +633,8 @@ def learn(
     with reporter.stage(f"loading model {model}"):
         loaded = load_model(model, dtype, device, log=reporter.log)
     before = state_dict_hash(loaded.model)
-    budget = 10**9 if fmt == "qa" else tokens
-    if fmt == "qa":
-        corpus = _qa_corpus("data", spec, loaded.tokenizer, cfg.model_copy(update={"stats_tokens": budget}))
+    if fmt == "qa":  # every record: a budget no QA file reaches
+        corpus = _qa_corpus("data", spec, loaded.tokenizer, cfg.model_copy(update={"stats_tokens": 10**9}))
     else:
         corpus = build_corpus(
             "data", spec.spec(), loaded.tokenizer, seq_len=seq_len, eval_tokens=0, stats_tokens=tokens, seed=seed

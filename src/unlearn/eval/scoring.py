@@ -15,6 +15,8 @@ otherwise ``Question: … Answer:``.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,8 +119,6 @@ class Scorer:
         return 0
 
     def task(self, description: str, total: int):
-        import contextlib
-
         if self.progress is None:
             return contextlib.nullcontext(lambda n=1: None)
         return self.progress(description, total)
@@ -133,8 +133,6 @@ class Scorer:
         key = lambda p: (p[0], p[1], distribution)  # noqa: E731
         todo = sorted({key(p) for p in pairs if key(p) not in self._scores})
         if todo:
-            import time
-
             start = time.perf_counter()
             encoded = []
             for prompt, cont, _ in todo:
@@ -205,8 +203,6 @@ class Scorer:
         key = lambda p: (p, max_new_tokens, tuple(stop), raw)  # noqa: E731
         todo = sorted({key(p) for p in prompts if key(p) not in self._generations})
         if todo:
-            import time
-
             start = time.perf_counter()
             encoded = [self._prompt_ids(p)[-(self.max_length - max_new_tokens) :] for p, *_ in todo]
             order = sorted(range(len(todo)), key=lambda i: -len(encoded[i]))

@@ -70,7 +70,7 @@ def summarize(samples: list[dict], role: str) -> dict:
 
 def run(ctx: SuiteContext, cfg: TofuConfig) -> dict:
     summary: dict = {}
-    forget_tr = None
+    forget_tr = forget_items = None
     for part in [p for p in ("forget", *UTILITY_PARTS) if p in ctx.files]:
         role = "choices" if part in ("real_authors", "world_facts") else part
         items = load_qa(ctx.files[part], limit=cfg.limit)
@@ -84,9 +84,9 @@ def run(ctx: SuiteContext, cfg: TofuConfig) -> dict:
         entry = ctx.part(part, compute)
         summary[part] = entry["summary"]
         if part == "forget":
-            forget_tr = [s["truth_ratio"] for s in entry["samples"]]
+            forget_tr, forget_items = [s["truth_ratio"] for s in entry["samples"]], items
     if forget_tr is not None and None not in forget_tr:
-        ref = reference_truth_ratios(ctx, cfg)
+        ref = reference_truth_ratios(ctx, forget_items)
         summary["forget_quality"] = F.forget_quality(forget_tr, ref) if ref is not None else None
     if all(p in summary for p in UTILITY_PARTS):
         values = [summary[p][k] for p in UTILITY_PARTS for k in ("prob", "rougeL_recall", "truth_ratio")]
@@ -94,21 +94,20 @@ def run(ctx: SuiteContext, cfg: TofuConfig) -> dict:
     return summary
 
 
-def reference_truth_ratios(ctx: SuiteContext, cfg: TofuConfig) -> list[float] | None:
-    """The reference model's forget truth ratios: from its saved ``tofu.json`` or computed (and cached)."""
+def reference_truth_ratios(ctx: SuiteContext, items: list) -> list[float] | None:
+    """The reference model's truth ratios on the forget ``items``: from its saved ``tofu.json`` (which must hold
+    the same questions) or computed (and cached)."""
     ref = ctx.reference
     if ref is None:
         ctx.log("tofu: forget quality needs --reference (a retain-only model or its eval/tofu.json)")
         return None
     if ref.saved is not None:
-        ours = [it.question for it in load_qa(ctx.files["forget"], limit=cfg.limit)]
-        if ref.saved_samples("forget", "question") != ours:
+        if ref.saved_samples("forget", "question") != [it.question for it in items]:
             raise UnlearnError(
                 f"reference results {ref.spec} were scored on other forget questions than {ctx.files['forget']}: "
                 "evaluate the reference on the same forget data and limit"
             )
         return ref.saved_samples("forget", "truth_ratio")
-    items = load_qa(ctx.files["forget"], limit=cfg.limit)
 
     def compute():
         samples = qa_samples(ref.scorer, ctx.template, items, role="forget", generate=False)

@@ -160,6 +160,8 @@ def test_run_and_eval_end_to_end(env):
         "metrics.json",
         "model",
         "pruned_neurons.json",
+        "report.html",
+        "report.md",
     ]
     assert [s["step"] for s in result["steps"]] == [1, 2]
     assert tree_hash(env["model"]) == before

@@ -290,6 +290,8 @@ def test_run_end_to_end(setup):
         "metrics.json",
         "model",
         "pruned_neurons.json",
+        "report.html",
+        "report.md",
     ]
     assert [p.name for p in setup["out"].iterdir()] == ["e2e"]  # no temporary folder left behind
     assert _tree(setup["ckpt"]) == ckpt_before  # the source checkpoint is never touched

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import RunResult, evaluate, evaluate_suite, learn, methods, run, suites  # noqa: E402
+from .api import RunResult, audit, evaluate, evaluate_suite, learn, ledger, methods, report, run, suites  # noqa: E402
 from .config import DataConfig, RunConfig, StopConfig  # noqa: E402
 from .errors import UnlearnError  # noqa: E402
 
@@ -12,10 +12,13 @@ __all__ = [
     "RunResult",
     "StopConfig",
     "UnlearnError",
+    "audit",
     "evaluate",
     "evaluate_suite",
     "learn",
+    "ledger",
     "methods",
+    "report",
     "run",
     "suites",
     "__version__",

@@ -1,4 +1,4 @@
-"""The Python API. Every CLI command is one call here: :func:`run`, :func:`evaluate`, :func:`methods`."""
+"""The Python API. Every CLI command is one call here: :func:`run`, :func:`evaluate`, :func:`audit`, ..."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .audit.runner import audit  # noqa: F401 - re-exported: `unlearn audit`
 from .config import DataConfig, RunConfig, load_config_file, parse_config
 from .data.chunking import Corpus, build_corpus
 from .data.sources import BUILTIN, iter_documents
@@ -251,7 +252,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     left in ``out_dir`` unless the run completes.
     """
     t0 = time.perf_counter()
-    cfg = coerce_config(config)
+    cfg, parent = _parent_run(coerce_config(config))  # a sequential request: verified parent, its model
     reporter = Reporter(console)
     method = get_method(cfg.method)
     method_cfg = method.make_config(cfg.method_config)
@@ -274,6 +275,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
         check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
     timings["load_model"] = time.perf_counter() - start
     model_hash = state_dict_hash(loaded.model)
+    _check_parent_model(parent, model_hash)
 
     start = time.perf_counter()
     forget, retain = _corpora(loaded, cfg, reporter)
@@ -287,6 +289,17 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     start = time.perf_counter()
     ctx.baseline = ctx.evaluate(label="before")
     timings["baseline_evaluation"] = time.perf_counter() - start
+    start = time.perf_counter()  # earlier requests on the parent model, before the method changes anything
+    earlier = _earlier_requests(parent, loaded.tokenizer, reporter)
+    _measure_earlier(
+        earlier,
+        loaded.model,
+        "before",
+        cfg,
+        reporter,
+        [(forget.eval, ctx.baseline["forget"]), (retain.eval, ctx.baseline["retain"])],
+    )
+    timings["earlier_requests"] = time.perf_counter() - start
     scratch = tempfile.TemporaryDirectory(prefix="unlearn-eval-")  # suite results, moved into the run folder
     suites = {"before": {}, "after": {}}
     start = time.perf_counter()
@@ -306,6 +319,11 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     # the unlearned model as it is saved: hooks folded into the weights (the working copy is changed in place)
     model = fold(loaded.model, adapter, result.ablation) if result.ablation else loaded.model
     out_hash = state_dict_hash(model) if cfg.save_model or cfg.evals else None  # once: suites and manifest
+    start = time.perf_counter()
+    _measure_earlier(
+        earlier, model, "after", cfg, reporter, [(forget.eval, after["forget"]), (retain.eval, after["retain"])]
+    )
+    timings["earlier_requests"] += time.perf_counter() - start
     start = time.perf_counter()
     unlearned = LoadedModel(model, loaded.tokenizer, loaded.spec, loaded.source, loaded.dtype, loaded.device)
     for spec in cfg.evals:
@@ -333,11 +351,14 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
             metrics["train_log"] = result.log
         if cfg.evals:
             metrics["suites"] = suites
+        if parent is not None:
+            metrics["earlier_requests"] = _earlier_entries(earlier)
         manifest = {
             "unlearn_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seed": cfg.seed,
             "method": method.name,
+            "parent": parent["record"] if parent is not None else None,
             "model": {
                 "spec": cfg.model,
                 "source": loaded.source,
@@ -352,6 +373,7 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
                 c.name: {
                     "source": c.spec.describe(),
                     "sha256_tokens": c.sha256,
+                    "sha256_eval_tokens": _tokens_sha256(c.eval),
                     "segments": c.n_segments,
                     "eval_tokens": c.eval.n_tokens,
                     "stats_tokens": c.stats.n_tokens,
@@ -369,8 +391,178 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
         folder.write_yaml("config.yaml", cfg.model_dump())
         folder.write_json("metrics.json", metrics)
         folder.write_json("pruned_neurons.json", ablation.indices())
+        manifest["files"] = _run_file_hashes(folder)  # manifest.json itself is written last
         folder.write_json("manifest.json", manifest)
+    if cfg.report:  # derived from the files above: a failure leaves a complete run, rebuilt by `unlearn report`
+        try:
+            write_report(folder.final)
+        except Exception as exc:  # noqa: BLE001
+            reporter.log(f"warning: report not written ({exc}); rebuild it with `unlearn report {folder.final}`")
     return RunResult(folder.final, metrics, manifest, cfg)
+
+
+def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
+    """A sequential request (``from_run``): verify the parent run folder against its manifest and point the
+    config at its saved model (in the dtype it was saved in, so that the hash chain links). ``(cfg, None)``
+    for a request on a model that no run produced."""
+    if cfg.from_run is None:
+        return cfg, None
+    from .report.ledger import parent_record, read_manifest, verify_run
+
+    given = cfg.from_run
+    parent_dir = Path(given).expanduser().resolve()
+    manifest, raw = read_manifest(parent_dir, "--from run folder")
+    saved = manifest["model"]
+    model_dir = parent_dir / "model"
+    if not saved.get("files") or not saved.get("sha256_after"):  # a saved model's files are verified below
+        raise UnlearnError(f"run {given} has no saved model to unlearn further (was it run with --no-save-model?)")
+    if "model" in cfg.model_fields_set and Path(cfg.model).expanduser().resolve() != model_dir:
+        raise UnlearnError(f"--from {given} unlearns that run's model ({model_dir}): drop --model {cfg.model}")
+    problems = verify_run(parent_dir, manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise UnlearnError(f"parent run {given} failed verification: {problems[0]}{more}")
+    dtype = saved.get("dtype") or cfg.dtype
+    if cfg.dtype not in ("auto", dtype):
+        raise UnlearnError(
+            f"--from {given}: its model was saved in {dtype} and is unlearnt further as saved: drop --dtype {cfg.dtype}"
+        )
+    out = Path(cfg.out_dir).expanduser().resolve()
+    if out == parent_dir or parent_dir in out.parents:
+        raise UnlearnError(f"--out {cfg.out_dir} is inside the parent run folder {given}, which must stay unchanged")
+    cfg = cfg.model_copy(update={"from_run": str(parent_dir), "model": str(model_dir), "dtype": dtype})
+    return cfg, {"dir": parent_dir, "manifest": manifest, "record": parent_record(parent_dir, manifest, raw)}
+
+
+def _check_parent_model(parent: dict | None, model_hash: str) -> None:
+    """The loaded parent model must be the one its run saved (what the child's ``sha256_before`` links to)."""
+    if parent is not None and model_hash != parent["manifest"]["model"]["sha256_after"]:
+        raise UnlearnError(
+            f"the model loaded from {parent['dir'] / 'model'} does not hash to the sha256_after its manifest records"
+        )
+
+
+def _tokens_sha256(split) -> str:
+    import hashlib
+
+    return hashlib.sha256(split.input_ids.numpy().tobytes()).hexdigest()
+
+
+def _run_file_hashes(folder: RunFolder) -> dict[str, str]:
+    from .models.save import file_sha256
+    from .report.ledger import RUN_FILES
+
+    return {name: file_sha256(folder.path(name)) for name in RUN_FILES}
+
+
+def _eval_chunks(which: str, data: DataConfig, tokenizer, cfg: RunConfig):
+    """The evaluation split a run with ``cfg`` measured on ``data`` (the first chunks; nothing else tokenised)."""
+    if data.format == "qa":
+        return _qa_corpus(which, data, tokenizer, cfg.model_copy(update={"stats_tokens": 0, "val_tokens": 0})).eval
+    corpus = build_corpus(
+        which, data.spec(), tokenizer, seq_len=cfg.seq_len, eval_tokens=cfg.eval_tokens, stats_tokens=0, seed=cfg.seed
+    )
+    return corpus.eval
+
+
+def _earlier_request(link, tokenizer, reporter: Reporter) -> dict:
+    """One earlier request: its recorded top-1 numbers and its evaluation chunks, rebuilt from its config.yaml
+    (once its own files and its child's record of its manifest check out)."""
+    from .report.ledger import MANIFEST, check_run_files, sha256_bytes
+
+    problems = check_run_files(link.run_dir, link.manifest)
+    if link.record is not None and link.record.get("manifest_sha256") != sha256_bytes(link.raw):
+        problems.append(f"{link.run_dir / MANIFEST}: sha256 does not match the one its child recorded")
+    if problems:
+        raise UnlearnError(f"failed verification: {problems[0]}")
+    past = coerce_config(link.run_dir / "config.yaml")
+    try:
+        metrics = json.loads((link.run_dir / "metrics.json").read_text(encoding="utf-8"))
+        recorded = {w: {k: float(metrics[k][w]["top1"]) for k in ("before", "after")} for w in ("forget", "retain")}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UnlearnError(f"{link.run_dir / 'metrics.json'} is missing or has no before/after top1") from None
+    data = link.manifest.get("data") or {}
+    chunks = {}
+    for which, spec in (("forget", past.forget), ("retain", past.retain)):
+        _check_data_exists(spec)
+        with reporter.stage(f"tokenising {which} data of earlier request {link.name}"):
+            chunks[which] = _eval_chunks(which, spec, tokenizer, past)
+        expected = (data.get(which) or {}).get("sha256_eval_tokens")
+        if expected and expected != _tokens_sha256(chunks[which]):
+            raise UnlearnError(f"{which} data {spec.source} changed since that request: its evaluation chunks differ")
+    return {"chunks": chunks, "recorded": recorded, "skip_k": past.skip_k}
+
+
+def _earlier_requests(parent: dict | None, tokenizer, reporter: Reporter) -> list[dict]:
+    """The requests behind a sequential run, root first, each ready to be measured; one whose data or files are
+    gone carries the reason instead (a warning, not a failure)."""
+    if parent is None:
+        return []
+    from .report.ledger import walk
+
+    out = []
+    for link in reversed(walk(parent["dir"])):
+        data = (link.manifest or {}).get("data") or {}
+        entry = {
+            "run": link.name,
+            "forget_source": (data.get("forget") or {}).get("source"),
+            "retain_source": (data.get("retain") or {}).get("source"),
+            "metric": "top1",
+        }
+        item = {"entry": entry, "chunks": None, "measured": {"forget": {}, "retain": {}}}
+        try:
+            if link.manifest is None:
+                raise UnlearnError(link.error)
+            item.update(_earlier_request(link, tokenizer, reporter))
+        except (UnlearnError, OSError) as exc:
+            entry["error"] = " ".join(str(exc).split())
+            reporter.log(f"warning: earlier request {link.name} not measured: {entry['error']}")
+        out.append(item)
+    return out
+
+
+def _measure_earlier(items: list[dict], model, when: str, cfg: RunConfig, reporter: Reporter, own=()) -> None:
+    """Next-token metrics of ``model`` on every earlier request's evaluation chunks, stored under ``when``.
+
+    Chunks identical to one of this run's own evaluation splits take this run's measurement of the same model
+    (``own``: pairs of split and metrics) instead of evaluating them again."""
+    for item in items:
+        for which, split in (item["chunks"] or {}).items():
+            same = [m for s, m in own if item["skip_k"] == cfg.skip_k and _same_split(s, split)]
+            if same:
+                item["measured"][which][when] = dict(same[0])
+                continue
+            with reporter.task(f"{item['entry']['run']}: {which}"[-28:], split.n_tokens) as advance:
+                item["measured"][which][when] = evaluate_split(
+                    model, split, batch_size=cfg.batch_size, skip_k=item["skip_k"], progress=advance
+                )
+
+
+def _same_split(a, b) -> bool:
+    return a.input_ids.shape == b.input_ids.shape and bool(
+        torch.equal(a.input_ids, b.input_ids) and torch.equal(a.special, b.special)
+    )
+
+
+def _earlier_entries(items: list[dict]) -> list[dict]:
+    """``metrics.json["earlier_requests"]``: per request, top-1 as it was recorded (``original``,
+    ``after_request``) and as measured now (``before``: the parent model, ``after``: this run's), plus every
+    metric measured now."""
+    out = []
+    for item in items:
+        entry = dict(item["entry"])
+        if "error" not in entry:
+            for which in ("forget", "retain"):
+                now = item["measured"][which]
+                entry[which] = {
+                    "original": item["recorded"][which]["before"],
+                    "after_request": item["recorded"][which]["after"],
+                    "before": now["before"]["top1"],
+                    "after": now["after"]["top1"],
+                }
+            entry["metrics"] = item["measured"]
+        out.append(entry)
+    return out
 
 
 def _check_evals(cfg: RunConfig) -> None:
@@ -673,3 +865,27 @@ def learn(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {**record, "path": str(out)}
+
+
+def ledger(run_dir: str | Path) -> dict:
+    """The chain of unlearning requests behind a run folder, root first, with every hash re-verified: see
+    :func:`unlearn.report.ledger.ledger`."""
+    from .report.ledger import ledger as build
+
+    return build(run_dir)
+
+
+def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = None) -> dict[str, Path]:
+    """Write ``report.html`` (self-contained: figures inline as SVG) and ``report.md`` for one or several run
+    folders: into the run folder for one, ``reports/<timestamp>/`` for several, or ``out``. Returns ``{"html":
+    path, "md": path}``; see :func:`unlearn.report.html.report`."""
+    from .report.html import report as write
+
+    return write(run_dirs, out)
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """``report.html`` and ``report.md`` of one finished run folder, written into that folder."""
+    from .report.html import write_report as write
+
+    return write(run_dir)

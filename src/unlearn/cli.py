@@ -89,6 +89,9 @@ def main():
     unlearn learn      fine-tune a model on QA or text data (to build unlearning targets)
     unlearn methods    the registered unlearning methods and their parameters
     unlearn suites     the evaluation suites, their data parts and settings
+    unlearn audit      attack an unlearned model: how much of the forgotten material comes back?
+    unlearn ledger     the chain of unlearning requests behind a run folder, every hash re-verified
+    unlearn report     an HTML + Markdown report of one or several run folders (plots, tables, audit)
     """
 
 
@@ -100,6 +103,13 @@ def _set(d: dict, key: str, value) -> None:
 @main.command()
 @click.option("--config", "config_file", type=click.Path(), help="YAML file of settings; flags override it.")
 @click.option("--model", help="smollm2-135m (bundled, default), a checkpoint folder, a .gguf file or a hub id.")
+@click.option(
+    "--from",
+    "from_run",
+    metavar="RUN_DIR",
+    help="A previous run folder: unlearn its saved model further (a sequential request; its files are verified "
+    "first and left unchanged, and earlier requests are re-measured).",
+)
 @click.option("--forget", help="Forget corpus: file, folder, glob, python-stdlib (default), english-prose or hf:NAME.")
 @click.option("--retain", help="Retain corpus: same forms as --forget (default english-prose).")
 @click.option(
@@ -202,10 +212,12 @@ def _set(d: dict, key: str, value) -> None:
     "and references via --config evals).",
 )
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html / report.md (`unlearn report` can later).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
 def run(
     config_file,
     model,
+    from_run,
     forget,
     retain,
     forget_fields,
@@ -239,6 +251,7 @@ def run(
     name,
     evals,
     no_save_model,
+    no_report,
     as_json,
 ):
     """Unlearn a corpus from a model and write a run folder (config, metrics, model, manifest).
@@ -252,6 +265,7 @@ def run(
     values = load_config_file(config_file) if config_file else {}
     for key, val in (
         ("model", model),
+        ("from_run", from_run),
         ("method", method),
         ("dtype", dtype),
         ("device", device),
@@ -281,6 +295,8 @@ def run(
             values[which] = data
     if no_save_model:
         values["save_model"] = False
+    if no_report:
+        values["report"] = False
     for item in evals:
         suite, sep, data = item.partition(":")
         if not sep or not suite or not data:
@@ -373,7 +389,31 @@ def _print_summary(result) -> None:
     )
     for suite in result.metrics.get("suites", {}).get("after", {}):
         console.print(f"suite {suite}: eval/{suite}.json (before: eval/before/{suite}.json)", highlight=False)
+    _print_earlier(console, result.metrics.get("earlier_requests"))
     console.print(f"run folder: {result.run_dir}", highlight=False)
+
+
+def _print_earlier(console, entries: list[dict] | None) -> None:
+    """A sequential run's earlier requests: top-1 when each was made, and on the parent and the new model."""
+    if not entries:
+        return
+    from rich.table import Table
+
+    table = Table(title="earlier requests (top1)", title_justify="left")
+    for col in ("request", "corpus", "original", "after request", "before", "after"):
+        table.add_column(col, justify="left" if col in ("request", "corpus") else "right")
+    for e in entries:
+        if "error" in e:
+            table.add_row(e["run"], "", "", "", "", f"not measured: {e['error']}")
+            continue
+        for which in ("forget", "retain"):
+            v = e[which]
+            table.add_row(
+                e["run"] if which == "forget" else "",
+                f"{which} ({e[f'{which}_source']})",
+                *(f"{v[k]:.4f}" for k in ("original", "after_request", "before", "after")),
+            )
+    console.print(table)
 
 
 @main.command("eval")
@@ -678,6 +718,216 @@ def methods_cmd(as_json):
     from . import api
 
     _print_registry(api.methods(), "parameters", as_json)
+
+
+@main.command("ledger")
+@click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger as JSON.")
+def ledger_cmd(run_dir, as_json):
+    """The chain of unlearning requests behind RUN_DIR (root first): what was forgotten, when, how, and the
+    model and data hashes, with every hash re-verified against the files on disk.
+
+    Exit code 0 when everything matches, 1 when a check fails, 2 when RUN_DIR is not a run folder.
+    """
+    from . import api
+
+    result = api.ledger(run_dir)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print_ledger(result)
+    if not result["verified"]:
+        problems = result["problems"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        click.echo(f"error: verification failed: {problems[0]}{more}", err=True)
+        sys.exit(1)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:16] if sha else "-"
+
+
+def _print_ledger(result: dict) -> None:
+    """One section per request, root first: what, when, how, the hashes and whether they verified."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report.ledger import compact_method_config
+
+    table = Table(title=f"unlearning requests behind {result['run_dir']}", title_justify="left", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("request", overflow="fold")
+    table.add_column("forgot / kept", overflow="fold")
+    table.add_column("method", overflow="fold")
+    table.add_column("sha256", overflow="fold", no_wrap=True)
+    table.add_column("ok")
+    for i, r in enumerate(result["requests"], 1):
+        model, data = r["model"], r["data"]
+        table.add_row(
+            str(i),
+            f"{r['run']}\n{r['created'] or '-'}",
+            f"{r['forget_source']}\nkept: {r['retain_source']}",
+            f"{r['method']}\n{compact_method_config(r['method'], r['method_config'])}",
+            f"model  {_short(model['sha256_before'])}\n    →  {_short(model['sha256_after'])}\n"
+            f"forget {_short(data['forget']['sha256_tokens'])}\nretain {_short(data['retain']['sha256_tokens'])}",
+            "yes" if r["verified"] else "NO",
+        )
+    Console().print(table)
+    n = len(result["requests"])
+    if result["verified"]:
+        click.echo(f"verified: {n} request{'s' if n != 1 else ''}, all hashes match")
+        return
+    for problem in result["problems"]:
+        click.echo(f"problem: {problem}")
+    click.echo(f"verification failed: {len(result['problems'])} problem(s) in {n} request(s)")
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR [RUN_DIR ...]")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(),
+    help="Folder for report.html and report.md (default: the run folder; with several runs reports/TIMESTAMP).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def report_cmd(run_dirs, out_dir, as_json):
+    """Write report.html (self-contained, figures inline) and report.md for one or several run folders: metrics
+    before/after, the trade-off per step, pruned neurons per layer, suites, audit, earlier requests, manifest;
+    with several runs also a comparison table and overlaid trade-off curves."""
+    from . import api
+
+    paths = api.report(list(run_dirs), out=out_dir)
+    if as_json:
+        click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    else:
+        click.echo(f"report: {paths['html']} (markdown: {paths['md']})")
+
+
+@main.command("audit")
+@click.argument("run_dir", required=False)
+@click.option("--model", help="The unlearned model (a checkpoint folder or hub id), if RUN_DIR is not given.")
+@click.option("--original", help="The model before unlearning (default: the run's input model).")
+@click.option("--forget", help="Forget data (default: the run's): file, folder, glob, built-in or hf:NAME.")
+@click.option("--retain", help="Retain data (default: the run's).")
+@click.option("--forget-format", type=click.Choice(["text", "qa"]), help="Format of --forget (default: detected).")
+@click.option("--retain-format", type=click.Choice(["text", "qa"]), help="Format of --retain (default: detected).")
+@click.option("--control", help="Unrelated data for the control relearning (default: the retain data).")
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    type=click.Choice(["relearn", "quantize", "logit-lens", "prompt", "in-context"]),
+    help="Run only these attacks (repeatable; default all).",
+)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="An audit setting (repeatable; see below).")
+@click.option("--out", "out_dir", help="Write OUT/audit.json (default: the run folder, else audits/<model>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing audit.json.")
+@click.option("--seq-len", type=int, help="Tokens per chunk (default: the run's).")
+@click.option("--eval-tokens", type=int, help="Tokens of evaluation rows per corpus (default: the run's).")
+@click.option("--seed", type=int, help="Seed for the choice of chunks (default: the run's).")
+@click.option("--batch-size", type=int, help="Rows per forward pass (default: the run's).")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), help="Default: the run's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON instead of a table.")
+def audit_cmd(run_dir, model, original, forget, retain, forget_format, retain_format, control, attacks, settings,
+              out_dir, overwrite, seq_len, eval_tokens, seed, batch_size, dtype, device, as_json):
+    """Attack an unlearned model and measure how much of the forgotten material comes back.
+
+    Each attack reports the forget metric before unlearning, after unlearning and after the attack, and the
+    recovery = (after attack - after unlearning) / (before - after unlearning), clipped to [0, 1].
+
+    \b
+    relearn     fine-tune 20 steps on held-out forget data, and on the retain data as a control
+    quantize    round-trip the linear weights through int8 and 4-bit integers (per channel, symmetric)
+    logit-lens  read the forget tokens off every layer's hidden state (final norm + unembedding)
+    prompt      step-by-step, role-play, prefix-injection (and, for QA data, paraphrase and
+                affirmative-suffix) prompts
+    in-context  forget material placed before each probe, on the unlearned and the original model
+
+    \b
+    Settings (--set KEY=VALUE): metric (top1|top10), relearn_steps (20), relearn_lr (5e-5),
+    relearn_batch_size (4), relearn_tokens (4096), quant_bits ([8, 4]), quant_group_size (0 = per channel),
+    shots (text 1 chunk, QA 3 records), topic (for the text prompts).
+
+    \b
+    unlearn audit runs/NAME                      # everything from the run folder; writes runs/NAME/audit.json
+    unlearn audit --model M --original O --forget F --retain R
+    """
+    from . import api
+    from .config import DataConfig
+
+    if run_dir and model:
+        raise UnlearnError("give either RUN_DIR or --model, not both")
+    if not (run_dir or model):
+        raise UnlearnError("give a run folder (RUN_DIR) or --model")
+
+    def data(source, fmt):
+        if source is None:
+            if fmt:
+                raise UnlearnError("--forget-format/--retain-format need --forget/--retain")
+            return None
+        return DataConfig(source=source, format=fmt or api._detect_format(source))
+
+    result = api.audit(
+        run_dir or model,
+        original=original,
+        forget=data(forget, forget_format),
+        retain=data(retain, retain_format),
+        control=control,
+        attacks=list(attacks) or None,
+        settings=_key_values(settings, "--set"),
+        out=out_dir,
+        overwrite=overwrite,
+        seq_len=seq_len,
+        eval_tokens=eval_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        console=_console(),
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    _print_audit(result)
+
+
+def _print_audit(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric = result["metric"]
+    table = Table(
+        title=f"audit of {result['model']['spec']} against {result['original']['spec']} "
+        f"(forget {result['forget']['source']}, {metric})",
+        title_justify="left",
+    )
+    for col in ("attack", "before", "unlearned", "attacked", "recovery", "original attacked", "retain attacked"):
+        table.add_column(col, justify="left" if col == "attack" else "right")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    for a in result["attacks"]:
+        rec = a["recovery"]
+        style = None if rec is None or rec < 0.25 else ("yellow" if rec < 0.5 else "red")
+        table.add_row(
+            f"{a['attack']}:{a['variant']}",
+            fmt(a["before"]),
+            fmt(a["after_unlearning"]),
+            fmt(a["after_attack"]),
+            "-" if rec is None else f"{rec:.0%}",
+            fmt(a["original_attacked"]),
+            fmt((a["retain"] or {}).get("after_attack")),
+            style=style,
+        )
+    console = Console()
+    console.print(table)
+    top = result["max_recovery"]
+    if top:
+        console.print(f"largest recovery: {top['attack']} {top['recovery']:.0%}", highlight=False)
+    console.print(f"audit: {result['path']} ({result['timings_s']['total']:.0f} s)", highlight=False)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,12 @@ class RunConfig(BaseModel):
     out_dir: str = "runs"
     name: str | None = Field(None, description="run folder name (default: timestamp-method)")
     save_model: bool = True
+    report: bool = Field(True, description="write report.html and report.md into the run folder")
+    from_run: str | None = Field(
+        None,
+        description="a previous run folder: unlearn its saved model further (a sequential request); its files "
+        "are verified against its manifest first and never modified",
+    )
 
     @model_validator(mode="after")
     def _budget_metric_known(self):
@@ -108,6 +114,13 @@ class RunConfig(BaseModel):
         if self.stop.active and not self.val_tokens:
             raise ValueError("a stopping budget or target is measured on validation chunks: set val_tokens > 0")
         return self
+
+    @field_validator("from_run")
+    @classmethod
+    def _run_folder_given(cls, v):
+        if v is not None and not v.strip():
+            raise ValueError("from_run must be the path of a run folder")
+        return v
 
     @field_validator("name")
     @classmethod

@@ -151,6 +151,13 @@ def build_corpus(
     )
 
 
+def qa_order(n: int, seed: int) -> list[int]:
+    """The order in which :func:`build_qa_corpus` takes ``n`` records (its splits are prefixes of it)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def build_qa_corpus(
     name: str,
     spec: DataSpec,
@@ -175,10 +182,8 @@ def build_qa_corpus(
     if not items:
         raise UnlearnError(f"{name} data {spec.describe()} has no question-answer records")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
     rows, scored = [], []
-    for i in order:
+    for i in qa_order(len(items), seed):
         prompt = tokenizer(template.qa(items[i].question), add_special_tokens=not template.chat).input_ids
         answer = tokenizer(template.answer(items[i].answer), add_special_tokens=False).input_ids
         answer += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []

@@ -36,6 +36,7 @@ class Adapter:
     ff_bias: str | None
     attn_bias: str | None
     conv1d: bool = False  # GPT-2 style Conv1D: weight is [in, out] instead of nn.Linear's [out, in]
+    final_norm: str = "model.norm"  # the norm between the last block and the unembedding (logit lens)
 
     def out_proj(self, model: nn.Module, layer: int, kind: str) -> nn.Module:
         block = self.blocks(model)[layer]
@@ -49,6 +50,14 @@ class Adapter:
 
     def n_neurons(self, model: nn.Module, kind: str) -> int:
         return in_features(self.out_proj(model, 0, kind), self.conv1d)
+
+    def unembed(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits read off a hidden state of any layer: the final norm, then the output embedding (logit lens)."""
+        hidden = _get(model, self.final_norm)(hidden)
+        project_out = getattr(getattr(getattr(model, "model", None), "decoder", None), "project_out", None)
+        if project_out is not None:  # OPT variants whose embedding width differs from the hidden width
+            hidden = project_out(hidden)
+        return model.get_output_embeddings()(hidden)
 
     def bias_flag(self, kind: str) -> str | None:
         return self.ff_bias if kind == "ff" else self.attn_bias
@@ -81,6 +90,7 @@ ADAPTERS: dict[str, Adapter] = {
         ff_bias="always",
         attn_bias="always",
         conv1d=True,
+        final_norm="transformer.ln_f",
     ),
     "gpt_neox": Adapter(
         "gpt_neox",
@@ -89,6 +99,7 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="attention.dense",
         ff_bias="always",
         attn_bias="always",
+        final_norm="gpt_neox.final_layer_norm",
     ),
     "opt": Adapter(
         "opt",
@@ -97,6 +108,7 @@ ADAPTERS: dict[str, Adapter] = {
         attn_out="self_attn.out_proj",
         ff_bias="enable_bias",
         attn_bias="enable_bias",
+        final_norm="model.decoder.final_layer_norm",
     ),
 }
 

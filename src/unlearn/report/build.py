@@ -1,0 +1,644 @@
+"""Build the report document (sections, tables, figures) from run folders; html.py and markdown.py render it.
+
+Every section appears only when its data exists, and missing or oddly typed keys are skipped, never fatal: a
+report of a run folder written by an older or newer version still renders what it can.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from . import plots
+from .data import (
+    Cell,
+    Details,
+    DefList,
+    Document,
+    Para,
+    Plot,
+    Run,
+    RunPart,
+    Section,
+    Table,
+    derived_cell,
+    flatten,
+    fmt_pct,
+    get,
+    num,
+    text,
+    value_cell,
+)
+
+METRIC_ORDER = ("top1", "top10", "skip50_top1", "skip50_top10", "loss", "perplexity")
+HIGH_RECOVERY, WARN_RECOVERY = 0.5, 0.2
+M, MF, A = "metrics.json", "manifest.json", "audit.json"
+
+
+def build(runs: list[Run]) -> Document:
+    parts = [_run_part(r) for r in runs]
+    comparison = _comparison(runs) if len(runs) > 1 else []
+    title = f"unlearn report: {runs[0].name}" if len(runs) == 1 else f"unlearn report: {len(runs)} runs"
+    return Document(title, runs, comparison, parts, time.strftime("%Y-%m-%d %H:%M:%S %z"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one run
+
+
+def _run_part(run: Run) -> RunPart:
+    sections = []
+    for make in (_metrics, _tradeoff, _training, _pruned, _suites, _audit, _earlier, _manifest):
+        section = make(run)
+        if section is not None and section.blocks:
+            sections.append(section)
+    return RunPart(run, sections, _header(run))
+
+
+def _sid(run: Run, name: str) -> str:
+    return f"run{run.index}-{name}"
+
+
+def _plain(run: Run, value) -> Cell:
+    shown = text(value)
+    return Cell(shown if shown is not None else "–", run=run.index)
+
+
+def _header(run: Run) -> list[tuple[str, Cell]]:
+    m = run.manifest
+    items = [
+        ("run folder", Cell(str(run.path), run=run.index, code=True)),
+        ("method", _plain(run, run.method)),
+        ("model", Cell(text(get(m, "model", "spec")) or text(run.config.get("model")) or "–", run=run.index)),
+        ("created", _plain(run, m.get("created"))),
+        ("stop reason", _plain(run, m.get("stop_reason") or run.metrics.get("stop_reason"))),
+    ]
+    for which in ("forget", "retain"):
+        source = text(get(m, "data", which, "source")) or text(get(run.config, which, "source"))
+        fmt = text(get(run.config, which, "format"))
+        if source is not None:
+            items.append(
+                (
+                    f"{which} data",
+                    Cell(source + (f" ({fmt})" if fmt and fmt != "text" else ""), run=run.index, code=True),
+                )
+            )
+    parent = m.get("parent")
+    if isinstance(parent, dict):
+        items.append(("parent run", _parent_cell(run, parent)))
+    return items
+
+
+def _parent_cell(run: Run, parent: dict) -> Cell:
+    name = text(parent.get("run_name")) or "?"
+    where = text(parent.get("run_dir"))
+    return Cell(name + (f" ({where})" if where else ""), run=run.index, code=True)
+
+
+def _corpora(before: dict) -> list[str]:
+    names = [k for k in ("forget", "retain") if isinstance(before.get(k), dict)]
+    return names + [k for k, v in before.items() if isinstance(v, dict) and k not in names and not k.endswith("_drop")]
+
+
+def _metric_names(d: dict) -> list[str]:
+    known = [k for k in METRIC_ORDER if num(d.get(k)) is not None]
+    return known + [k for k, v in d.items() if k not in known and k != "n_tokens" and num(v) is not None]
+
+
+def _metrics(run: Run) -> Section | None:
+    before, after = run.metrics.get("before"), run.metrics.get("after")
+    if not isinstance(before, dict):
+        return None
+    sec = Section("Metrics before and after", _sid(run, "metrics"))
+    t = Table(["corpus", "metric", "before", "after", "Δ (after − before)", "relative change"], name="metrics")
+    tokens = []
+    for which in _corpora(before):
+        for metric in _metric_names(before[which]):
+            b = ("metrics.json", "before", which, metric)
+            a = ("metrics.json", "after", which, metric)
+            drop = num(get(after, f"{which}_drop", metric))
+            if not num(get(before, which, metric)):  # 0: no relative change
+                rel = Cell("–", run=run.index, cls="num")
+            elif drop is not None:  # the run's own relative drop, shown as a signed change
+                rel = derived_cell(run, "neg", (M, "after", f"{which}_drop", metric), pct=True, signed=True)
+            else:
+                rel = derived_cell(run, "relchange", a, b, pct=True, signed=True)
+            t.add(
+                f"{which}.{metric}",
+                [
+                    Cell(which, run=run.index),
+                    Cell(metric, run=run.index),
+                    value_cell(run, *b),
+                    value_cell(run, *a),
+                    derived_cell(run, "diff", a, b),
+                    rel,
+                ],
+            )
+        if num(get(before, which, "n_tokens")) is not None:
+            tokens.append(f"{which} {get(before, which, 'n_tokens'):,}")
+    sec.blocks.append(t)
+    caption = "Held-out evaluation chunks"
+    if tokens:
+        caption += " (" + ", ".join(tokens) + " scored tokens)"
+    sec.blocks.append(
+        Para(
+            caption + ". Relative change = (after − before) / before; for accuracies it is minus the "
+            "run's relative drop."
+        )
+    )
+    return sec
+
+
+def _steps(run: Run) -> list[tuple[int, dict]]:
+    """(index in metrics.json's ``steps``, step) of every well-formed step."""
+    steps = run.metrics.get("steps")
+    return [(i, s) for i, s in enumerate(steps) if isinstance(s, dict)] if isinstance(steps, list) else []
+
+
+def _budget(run: Run) -> tuple[str, float | None]:
+    stop = run.config.get("stop") if isinstance(run.config.get("stop"), dict) else {}
+    metric = stop.get("metric") if isinstance(stop.get("metric"), str) else "top1"
+    return metric, num(stop.get("max_retain_drop"))
+
+
+def tradeoff_points(run: Run, metric: str = "top1") -> list[tuple]:
+    """(step, retain drop, forget drop, reverted) of every step with held-out drops."""
+    pts = []
+    for i, s in _steps(run):
+        f, r = num(get(s, "forget_drop", metric)), num(get(s, "retain_drop", metric))
+        if f is not None and r is not None:
+            pts.append((s.get("step", i + 1), r, f, bool(s.get("reverted"))))
+    return pts
+
+
+def _tradeoff(run: Run) -> Section | None:
+    steps = _steps(run)
+    if not steps:
+        return None
+    pts = tradeoff_points(run)
+    metric, budget = _budget(run)
+    sec = Section("Trade-off per step", _sid(run, "tradeoff"))
+    if pts:
+        sec.blocks.append(
+            Plot(
+                plots.tradeoff([{"label": run.name, "points": pts}], budget=budget),
+                "Relative top-1 drop of forget against retain after each step (held-out chunks), "
+                "from (0, 0) = the original model. Up and to the left is better.",
+            )
+        )
+    has_pruned = any(isinstance(s.get("pruned_total"), dict) for _, s in steps)
+    has_val = any(isinstance(s.get("validation"), dict) for _, s in steps)
+    has_reverted = any(s.get("reverted") for _, s in steps)
+    cols = ["step"]
+    if has_pruned:
+        cols += ["pruned FF (total)", "pruned attention (total)"]
+    cols += ["forget top1", "retain top1", "forget top1 drop", "retain top1 drop"]
+    if has_val:
+        cols += [f"validation forget {metric} drop", f"validation retain {metric} drop"]
+    if has_reverted:
+        cols.append("note")
+    t = Table(cols, name="steps")
+    for i, s in steps:
+        cells = [value_cell(run, M, "steps", i, "step")]
+        if has_pruned:
+            cells += [value_cell(run, M, "steps", i, "pruned_total", k) for k in ("ff", "attn")]
+        cells += [value_cell(run, M, "steps", i, w, "top1") for w in ("forget", "retain")]
+        cells += [value_cell(run, M, "steps", i, f"{w}_drop", "top1", pct=True) for w in ("forget", "retain")]
+        if has_val:
+            cells += [
+                value_cell(run, M, "steps", i, "validation", f"{w}_drop", metric, pct=True)
+                for w in ("forget", "retain")
+            ]
+        if has_reverted:
+            reverted = bool(s.get("reverted"))
+            cells.append(Cell("reverted (over budget)" if reverted else "", run=run.index, cls="warn" * reverted))
+        t.add(f"step.{s.get('step', i + 1)}", cells)
+    sec.blocks.append(t)
+    return sec
+
+
+def _training(run: Run) -> Section | None:
+    log = run.metrics.get("train_log")
+    if not isinstance(log, list) or not log or not all(isinstance(e, dict) for e in log):
+        return None
+    metric, budget = _budget(run)
+    validation = []
+    for _, s in _steps(run):
+        f = num(get(s, "validation", "forget_drop", metric))
+        r = num(get(s, "validation", "retain_drop", metric))
+        if num(s.get("step")) is not None and (f is not None or r is not None):
+            validation.append({"step": s["step"], "forget": f, "retain": r})
+    sec = Section("Training", _sid(run, "training"))
+    caption = "Training loss per optimizer step"
+    if validation:
+        caption += f"; right: relative {metric} drops on the validation chunks at each budget check"
+    sec.blocks.append(Plot(plots.training(log, validation or None, metric, budget), caption + "."))
+    terms = [k for k in log[0] if k != "step" and num(log[0][k]) is not None]
+    t = Table(["term", "first step", "last step"], name="train_log")
+    last = len(log) - 1
+    for term in terms:
+        t.add(
+            f"train.{term}",
+            [
+                Cell(term, run=run.index),
+                value_cell(run, M, "train_log", 0, term),
+                value_cell(run, M, "train_log", last, term),
+            ],
+        )
+    t.caption = f"{len(log)} optimizer steps"
+    sec.blocks.append(t)
+    return sec
+
+
+def _pruned(run: Run) -> Section | None:
+    counts = run.manifest.get("pruned_neurons_per_layer")
+    if not isinstance(counts, dict):
+        return None
+    counts = {k: v for k, v in counts.items() if isinstance(v, list) and any(num(x) for x in v)}
+    if not counts:
+        return None
+    sec = Section("Pruned neurons per layer", _sid(run, "pruned"))
+    sec.blocks.append(
+        Plot(
+            plots.pruned_per_layer(counts),
+            "Neurons pruned in each layer (feed-forward: inputs of "
+            "the MLP output projection; attention: inputs of the "
+            "attention output projection).",
+        )
+    )
+    total = Table(["kind", "pruned", "of layers"], name="pruned_total")
+    for kind, v in counts.items():
+        total.add(
+            f"pruned.{kind}",
+            [Cell(kind, run=run.index), value_cell(run, MF, "pruned_total", kind), Cell(str(len(v)), run=run.index)],
+        )
+    sec.blocks.append(total)
+    per_layer = Table(["layer", *counts], name="pruned_per_layer")
+    for layer in range(max(len(v) for v in counts.values())):
+        per_layer.add(
+            f"layer.{layer}",
+            [Cell(str(layer), run=run.index)]
+            + [value_cell(run, MF, "pruned_neurons_per_layer", kind, layer) for kind in counts],
+        )
+    sec.blocks.append(Details("per-layer counts", blocks=[per_layer]))
+    return sec
+
+
+def _suites(run: Run) -> Section | None:
+    suites = run.metrics.get("suites")
+    if not isinstance(suites, dict):
+        return None
+    before, after = suites.get("before"), suites.get("after")
+    before = before if isinstance(before, dict) else {}
+    after = after if isinstance(after, dict) else {}
+    sec = Section("Evaluation suites", _sid(run, "suites"))
+    for suite in list(after) + [s for s in before if s not in after]:
+        keys = [k for k, _ in flatten(after.get(suite, {}))]
+        keys += [k for k, _ in flatten(before.get(suite, {})) if k not in keys]
+        t = Table(["metric", "before", "after", "Δ (after − before)"], name=f"suite:{suite}")
+        t.caption = f"{suite} (eval/before/{suite}.json → eval/{suite}.json)"
+        for k in keys:
+            if not k:
+                continue
+            b, a = (M, "suites", "before", suite, *k), (M, "suites", "after", suite, *k)
+            t.add(
+                f"{suite}." + ".".join(map(str, k)),
+                [
+                    Cell(".".join(map(str, k)), run=run.index),
+                    value_cell(run, *b),
+                    value_cell(run, *a),
+                    derived_cell(run, "diff", a, b),
+                ],
+            )
+        if t.rows:
+            sec.blocks.append(t)
+    return sec
+
+
+def recovery_class(v) -> str:
+    return "high" if v is not None and v >= HIGH_RECOVERY else "warn" if v is not None and v >= WARN_RECOVERY else ""
+
+
+def _audit(run: Run) -> Section | None:
+    audit = run.audit
+    if audit is None:
+        return None
+    sec = Section("Audit: can the forgotten data be recovered?", _sid(run, "audit"))
+    facts = []
+    for who, label in (("model", "audited model"), ("original", "original model")):
+        spec, sha = text(get(audit, who, "spec")), text(get(audit, who, "sha256"))
+        if spec or sha:
+            facts.append(
+                (label, Cell((spec or "?") + (f" (sha256 {sha[:16]}…)" if sha else ""), run=run.index, code=True))
+            )
+    for which in ("forget", "retain", "control"):
+        d = audit.get(which)
+        if isinstance(d, dict):
+            bits = [text(d.get("source")) or "?"]
+            if text(d.get("format")):
+                bits.append(f"format {d['format']}")
+            for k in ("n_probes", "n_tokens"):
+                if num(d.get(k)) is not None:
+                    bits.append(f"{d[k]:,} {k[2:]}")
+            facts.append((f"{which} probes", Cell(", ".join(bits), run=run.index)))
+    metric = text(audit.get("metric")) or "top1"
+    facts.append(("metric", Cell(metric, run=run.index)))
+    mr = audit.get("max_recovery")
+    if isinstance(mr, dict) and num(mr.get("recovery")) is not None:
+        c = value_cell(run, A, "max_recovery", "recovery", pct=True, cls=recovery_class(mr["recovery"]))
+        c.text = f"{c.text} ({text(mr.get('attack')) or '?'})"
+        facts.append(("max recovery", c))
+    sec.blocks.append(DefList(facts))
+    attacks = audit.get("attacks")
+    attacks = attacks if isinstance(attacks, list) else []
+    cols = [
+        "attack",
+        "variant",
+        "before",
+        "after unlearning",
+        "after attack",
+        "recovery",
+        "retain after attack",
+    ]
+    with_original = any(num(get(a, "original_attacked")) is not None for a in attacks)
+    if with_original:
+        cols.append("original model attacked")
+    cols.append("description")
+    t = Table(cols, name="audit")
+    lens = []
+    for i, atk in enumerate(attacks):
+        if not isinstance(atk, dict):
+            continue
+        rec = num(atk.get("recovery"))
+        rec_cell = value_cell(run, A, "attacks", i, "recovery", pct=True, cls=recovery_class(rec))
+        if rec is None:
+            rec_cell.text = "n/a"
+        name, variant = text(atk.get("attack")) or "?", text(atk.get("variant")) or ""
+        t.add(
+            f"{name}:{variant}",
+            [
+                Cell(name, run=run.index),
+                Cell(variant, run=run.index),
+                value_cell(run, A, "attacks", i, "before"),
+                value_cell(run, A, "attacks", i, "after_unlearning"),
+                value_cell(run, A, "attacks", i, "after_attack"),
+                rec_cell,
+                value_cell(run, A, "attacks", i, "retain", "after_attack"),
+                *([value_cell(run, A, "attacks", i, "original_attacked")] if with_original else []),
+                Cell(text(atk.get("description")) or "", run=run.index),
+            ],
+        )
+        per_layer = get(atk, "details", "per_layer")
+        if isinstance(per_layer, dict) and any(isinstance(v, list) and v for v in per_layer.values()):
+            series = {k: v for k, v in per_layer.items() if isinstance(v, list)}
+            lens.append(
+                Plot(
+                    plots.logit_lens(series, get(atk, "details", "best_layer"), metric, f"{name}: {variant}"),
+                    f"{name} ({variant}): forget {metric} read off every layer (1 = the first block), "
+                    "unlearned vs original.",
+                )
+            )
+    if t.rows:
+        t.caption = (
+            f"Forget {metric} before unlearning, after unlearning and after each attack; recovery = share of "
+            f"the forgotten gap the attack wins back ((after attack − after unlearning) / (before − after "
+            f"unlearning)); ≥ {fmt_pct(HIGH_RECOVERY)} is marked red, ≥ {fmt_pct(WARN_RECOVERY)} amber"
+            + ("; the original model under the same attack for comparison." if with_original else ".")
+        )
+        sec.blocks.append(t)
+    sec.blocks += lens
+    for key in ("settings", "timings_s"):
+        if isinstance(audit.get(key), dict) and audit[key]:
+            sec.blocks.append(Details(f"audit {key}", pre=json.dumps(audit[key], indent=2, default=str)))
+    return sec
+
+
+def _earlier(run: Run) -> Section | None:
+    reqs = run.metrics.get("earlier_requests")
+    if not isinstance(reqs, list) or not reqs:
+        return None
+    sec = Section("Earlier requests (sequential unlearning)", _sid(run, "earlier"))
+    cols = [
+        "request",
+        "corpus",
+        "metric",
+        "original model",
+        "after that request",
+        "before this run",
+        "after this run",
+        "Δ this run",
+    ]
+    t = Table(cols, name="earlier")
+    for i, req in enumerate(reqs):
+        if not isinstance(req, dict):
+            continue
+        metric = text(req.get("metric")) or "top1"
+        if text(req.get("error")):  # the run could not measure this request (its data or files are gone)
+            cells = [Cell(text(req.get("run")) or f"#{i + 1}", run=run.index)]
+            cells.append(Cell(f"not measured: {req['error']}", run=run.index, cls="warn"))
+            t.add(f"earlier.{i}.error", cells + [Cell("", run=run.index) for _ in cols[2:]])
+            continue
+        for which in ("forget", "retain"):
+            if not isinstance(req.get(which), dict):
+                continue
+            src = text(req.get(f"{which}_source"))
+            delta = derived_cell(
+                run, "diff", (M, "earlier_requests", i, which, "after"), (M, "earlier_requests", i, which, "before")
+            )
+            if which == "forget" and delta.value is not None and delta.value > 0:
+                delta.cls = "warn"  # this run brought back some of what an earlier request removed
+            t.add(
+                f"earlier.{i}.{which}",
+                [
+                    Cell(text(req.get("run")) or f"#{i + 1}", run=run.index),
+                    Cell(which + (f" ({src})" if src else ""), run=run.index),
+                    Cell(metric, run=run.index),
+                    *[
+                        value_cell(run, M, "earlier_requests", i, which, k)
+                        for k in ("original", "after_request", "before", "after")
+                    ],
+                    delta,
+                ],
+            )
+    if t.rows:
+        t.caption = (
+            "Each earlier request's forget and retain data: as its own run recorded them before (original "
+            "model) and right after that request, and as measured on this run's model before and after this "
+            "run. A forget value that rises in this run (amber) means this request undid part of an earlier one."
+        )
+        sec.blocks.append(t)
+    return sec
+
+
+def _manifest(run: Run) -> Section | None:
+    m = run.manifest
+    sec = Section("Manifest", _sid(run, "manifest"))
+    items = []
+    for label, keys in (
+        ("created", ("created",)),
+        ("unlearn version", ("unlearn_version",)),
+        ("seed", ("seed",)),
+        ("method", ("method",)),
+    ):
+        v = get(m, *keys)
+        if v is not None:
+            items.append((label, value_cell(run, MF, *keys) if num(v) is not None else _plain(run, v)))
+    model = m.get("model") if isinstance(m.get("model"), dict) else {}
+    for k in ("spec", "source", "dtype", "device", "family", "sha256_before", "sha256_after"):
+        if text(model.get(k)) is not None:
+            items.append(
+                (
+                    f"model {k.replace('_', ' ')}",
+                    Cell(text(model[k]), run=run.index, code=k.startswith(("sha", "source"))),
+                )
+            )
+    parent = m.get("parent")
+    if isinstance(parent, dict):
+        items.append(("parent run (chain link)", _parent_cell(run, parent)))
+        for k in ("manifest_sha256", "model_sha256"):
+            if text(parent.get(k)):
+                items.append((f"parent {k.replace('_', ' ')}", Cell(text(parent[k]), run=run.index, code=True)))
+    elif "parent" in m:
+        items.append(("parent run (chain link)", Cell("none (first request)", run=run.index)))
+    if items:
+        sec.blocks.append(DefList(items))
+
+    data = m.get("data")
+    if isinstance(data, dict) and data:
+        t = Table(
+            ["corpus", "source", "sha256 of token ids", "segments", "eval tokens", "stats tokens", "val tokens"],
+            name="data",
+        )
+        for which, d in data.items():
+            if not isinstance(d, dict):
+                continue
+            t.add(
+                f"data.{which}",
+                [
+                    Cell(which, run=run.index),
+                    Cell(text(d.get("source")) or "–", run=run.index, code=True),
+                    Cell(text(d.get("sha256_tokens")) or "–", run=run.index, code=True),
+                    *[
+                        value_cell(run, MF, "data", which, k)
+                        for k in ("segments", "eval_tokens", "stats_tokens", "val_tokens")
+                    ],
+                ],
+            )
+        sec.blocks.append(t)
+
+    facts = m.get("method_facts")
+    if isinstance(facts, dict) and facts:
+        t = Table(["method fact", "value"], name="method_facts")
+        for k, _ in flatten(facts):
+            if k:
+                t.add(
+                    "fact." + ".".join(map(str, k)),
+                    [Cell(".".join(map(str, k)), run=run.index), value_cell(run, MF, "method_facts", *k)],
+                )
+        sec.blocks.append(t)
+
+    timings = m.get("timings_s")
+    if isinstance(timings, dict) and timings:
+        t = Table(["stage", "seconds"], name="timings")
+        for k, v in timings.items():
+            if num(v) is not None:
+                t.add(f"timing.{k}", [Cell(k, run=run.index), value_cell(run, MF, "timings_s", k)])
+        sec.blocks.append(t)
+
+    versions = m.get("versions")
+    if isinstance(versions, dict) and versions:
+        sec.blocks.append(
+            Details("package versions", blocks=[DefList([(k, _plain(run, v)) for k, v in versions.items()])])
+        )
+    for files, what, prefix in (
+        (get(m, "model", "files"), "saved model files", "model/"),
+        (m.get("files"), "run files", ""),
+    ):
+        if isinstance(files, dict) and files:
+            t = Table(["file", "sha256"], name=f"{what.split()[0]}_files")
+            for k, v in files.items():
+                t.add(
+                    f"file.{prefix}{k}",
+                    [Cell(prefix + k, run=run.index, code=True), Cell(text(v) or "–", run=run.index, code=True)],
+                )
+            sec.blocks.append(Details(f"{what} (sha256)", blocks=[t]))
+    if run.config_text is not None:
+        sec.blocks.append(Details("resolved configuration (config.yaml)", pre=run.config_text))
+    return sec
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# several runs
+
+
+def _max_recovery_cell(run: Run) -> Cell:
+    audit = run.audit
+    if audit is None:
+        return Cell("–", run=run.index)
+    mr = audit.get("max_recovery")
+    if isinstance(mr, dict) and num(mr.get("recovery")) is not None:
+        c = value_cell(run, A, "max_recovery", "recovery", pct=True, cls=recovery_class(mr["recovery"]))
+        c.text += f" ({text(mr.get('attack')) or '?'})"
+        return c
+    best = None  # no summary: the attack with the highest recovery
+    for i, atk in enumerate(audit.get("attacks") if isinstance(audit.get("attacks"), list) else []):
+        r = num(get(atk, "recovery"))
+        if r is not None and (best is None or r > best[1]):
+            best = (i, r)
+    if best is None:
+        return Cell("–", run=run.index)
+    c = value_cell(run, A, "attacks", best[0], "recovery", pct=True, cls=recovery_class(best[1]))
+    name, variant = text(get(audit, "attacks", best[0], "attack")), text(get(audit, "attacks", best[0], "variant"))
+    c.text += f" ({name or '?'}:{variant or ''})"
+    return c
+
+
+def _drop_cell(run: Run, which: str) -> Cell:
+    if num(get(run.metrics, "after", f"{which}_drop", "top1")) is not None:
+        return value_cell(run, M, "after", f"{which}_drop", "top1", pct=True)
+    if not num(get(run.metrics, "before", which, "top1")):
+        return Cell("–", run=run.index)
+    return derived_cell(run, "drop", (M, "after", which, "top1"), (M, "before", which, "top1"), pct=True)
+
+
+def _comparison(runs: list[Run]) -> list[Section]:
+    cols = [
+        "run",
+        "method",
+        "forget top1 before",
+        "forget top1 after",
+        "forget top1 drop",
+        "retain top1 before",
+        "retain top1 after",
+        "retain top1 drop",
+        "pruned FF",
+        "pruned attention",
+    ]
+    audited = any(r.audit is not None for r in runs)
+    if audited:
+        cols.append("max audit recovery")
+    t = Table(cols, name="comparison")
+    for run in runs:
+        cells = [Cell(run.name, run=run.index), Cell(run.method, run=run.index)]
+        for which in ("forget", "retain"):
+            cells += [
+                value_cell(run, M, "before", which, "top1"),
+                value_cell(run, M, "after", which, "top1"),
+                _drop_cell(run, which),
+            ]
+        cells += [value_cell(run, MF, "pruned_total", k) for k in ("ff", "attn")]
+        if audited:
+            cells.append(_max_recovery_cell(run))
+        t.add(f"run.{run.index}", cells)
+    t.caption = "Held-out top-1 accuracy; drop = (before − after) / before."
+    sec = Section("Comparison", "comparison", [t], level=2)
+    series = [{"label": r.name, "points": tradeoff_points(r)} for r in runs]
+    series = [s for s in series if s["points"]]
+    if series:
+        sec.blocks.append(
+            Plot(
+                plots.tradeoff(series),
+                "Trade-off curves of all runs: forget against retain top-1 drop after each step, from (0, 0).",
+            )
+        )
+    return [sec]

@@ -64,6 +64,19 @@ def test_bundled_run_small(tmp_path):
         for metric in ("top1", "top10", "loss"):
             assert again[which][metric] == pytest.approx(m["after"][which][metric], abs=0.005)
 
+    # the audit of this run: the run's own rows, every attack, the report rebuilt with the audit
+    rec = unlearn.audit(str(result.run_dir), settings={"relearn_steps": 2, "relearn_tokens": 512})
+    attacks = {f"{a['attack']}:{a['variant']}": a for a in rec["attacks"]}
+    assert len(attacks) == 9 and rec["model"]["sha256"] == manifest["model"]["sha256_after"]
+    for a in attacks.values():
+        assert (a["before"], a["after_unlearning"]) == (m["before"]["forget"]["top1"], m["after"]["forget"]["top1"])
+    assert attacks["quantize:int8"]["original_attacked"] == pytest.approx(m["before"]["forget"]["top1"], abs=0.02)
+    lens = attacks["logit-lens:best-layer"]["details"]["per_layer"]
+    assert len(lens["unlearned"]) == 30
+    assert lens["unlearned"][-1] == pytest.approx(m["after"]["forget"]["top1"], abs=1e-6)
+    assert lens["original"][-1] == pytest.approx(m["before"]["forget"]["top1"], abs=1e-6)
+    assert "relearn" in (result.run_dir / "report.html").read_text(encoding="utf-8")
+
 
 def test_bundled_eval_api_matches_run_before_metrics(tmp_path):
     got = unlearn.evaluate(

@@ -830,8 +830,27 @@ def report_cmd(run_dirs, out_dir, as_json):
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), help="Default: the run's.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON instead of a table.")
-def audit_cmd(run_dir, model, original, forget, retain, forget_format, retain_format, control, attacks, settings,
-              out_dir, overwrite, seq_len, eval_tokens, seed, batch_size, dtype, device, as_json):
+def audit_cmd(
+    run_dir,
+    model,
+    original,
+    forget,
+    retain,
+    forget_format,
+    retain_format,
+    control,
+    attacks,
+    settings,
+    out_dir,
+    overwrite,
+    seq_len,
+    eval_tokens,
+    seed,
+    batch_size,
+    dtype,
+    device,
+    as_json,
+):
     """Attack an unlearned model and measure how much of the forgotten material comes back.
 
     Each attack reports the forget metric before unlearning, after unlearning and after the attack, and the

@@ -73,7 +73,9 @@ def run_folder(model: str) -> Path | None:
     """The run folder ``model`` names (the folder itself or its ``model/``), if it is one."""
     p = Path(model)
     for d in (p, p.parent):
-        if (d / "manifest.json").is_file() and (d / "config.yaml").is_file() and (d / "model").is_dir():
+        if (d / "manifest.json").is_file() and (d / "config.yaml").is_file():
+            if not (d / "model").is_dir():
+                raise UnlearnError(f"run folder {d} has no saved model (it ran with --no-save-model)")
             return d
     return None
 

@@ -20,6 +20,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt")
 SPECIAL = ["<|endoftext|>", "<|pad|>"]
+# what a finished run folder holds (before any audit)
+RUN_FOLDER_FILES = [
+    "config.yaml",
+    "manifest.json",
+    "metrics.json",
+    "model",
+    "pruned_neurons.json",
+    "report.html",
+    "report.md",
+]
 
 
 def _training_text() -> list[str]:

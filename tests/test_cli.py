@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import RUN_FOLDER_FILES
 from click.testing import CliRunner
 
 from unlearn.cli import main
@@ -154,15 +155,7 @@ def test_run_and_eval_end_to_end(env):
     result = json.loads(out)
     run_dir = Path(result["run_dir"])
     assert run_dir == env["out"] / "r"
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml",
-        "manifest.json",
-        "metrics.json",
-        "model",
-        "pruned_neurons.json",
-        "report.html",
-        "report.md",
-    ]
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FOLDER_FILES
     assert [s["step"] for s in result["steps"]] == [1, 2]
     assert tree_hash(env["model"]) == before
     # `unlearn eval` on the saved model, same chunks (same seed, seq_len, eval tokens) = the run's after-metrics

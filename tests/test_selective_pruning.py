@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import RUN_FOLDER_FILES
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -284,15 +285,7 @@ def test_run_end_to_end(setup):
     result = setup["run"]("e2e", {"ff_frac": 0.1, "attn_frac": 0.1, "steps": 2})
     run_dir = result.run_dir
     assert run_dir == setup["out"] / "e2e"
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml",
-        "manifest.json",
-        "metrics.json",
-        "model",
-        "pruned_neurons.json",
-        "report.html",
-        "report.md",
-    ]
+    assert sorted(p.name for p in run_dir.iterdir()) == RUN_FOLDER_FILES
     assert [p.name for p in setup["out"].iterdir()] == ["e2e"]  # no temporary folder left behind
     assert _tree(setup["ckpt"]) == ckpt_before  # the source checkpoint is never touched
 

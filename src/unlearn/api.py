@@ -18,7 +18,7 @@ import torch
 from . import __version__
 from .audit.runner import audit  # noqa: F401 - re-exported: `unlearn audit`
 from .config import DataConfig, RunConfig, load_config_file, parse_config
-from .data.chunking import Corpus, build_corpus
+from .data.chunking import Corpus, build_corpus, tokens_sha256
 from .data.sources import BUILTIN, iter_documents
 from .errors import UnlearnError
 from .eval.metrics import evaluate_split, relative_drop
@@ -443,9 +443,7 @@ def _check_parent_model(parent: dict | None, model_hash: str) -> None:
 
 
 def _tokens_sha256(split) -> str:
-    import hashlib
-
-    return hashlib.sha256(split.input_ids.numpy().tobytes()).hexdigest()
+    return tokens_sha256(split.input_ids)
 
 
 def _run_file_hashes(folder: RunFolder) -> dict[str, str]:
@@ -802,10 +800,7 @@ def learn(
     chunks). ``out`` must not exist; it is written under a temporary name and renamed when complete. Returns
     the record saved as ``out/learn.json`` (settings, data hash, loss per step, timings).
     """
-    import types
-
-    from .methods import losses
-    from .methods.training import TrainConfig, train
+    from .methods.training import TrainConfig, fine_tune
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -834,13 +829,7 @@ def learn(
     rows = len(corpus.stats.input_ids)
     n_steps = steps or max(1, math.ceil(epochs * rows / batch_size))
     tcfg = TrainConfig(steps=n_steps, lr=lr, batch_size=batch_size, lora=lora)
-    ctx = types.SimpleNamespace(model=loaded.model, forget=corpus, retain=None, config=cfg, reporter=reporter)
-
-    def loss(m, batch, _retain, _reference):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"]), {}
-
-    result = train(ctx, tcfg, loss)
+    result = fine_tune(loaded.model, corpus.stats, tcfg, seed=seed, reporter=reporter)
     record = {
         "model": {"spec": model, "source": loaded.source, "sha256_before": before},
         "data": {"source": data, "format": fmt, "rows": rows, "sha256_tokens": corpus.sha256},

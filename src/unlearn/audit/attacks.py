@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import types
 
 import torch
 from torch import nn
@@ -103,24 +102,11 @@ def relearn(model: nn.Module, split: TokenSplit, *, steps: int, lr: float, batch
     """A copy of ``model`` fine-tuned for ``steps`` optimizer steps on ``split`` (next-token loss on its scored
     tokens) with the training loop of the methods and ``unlearn learn``; returns (model in the input's dtype,
     per-step log)."""
-    from ..methods import losses
-    from ..methods.training import TrainConfig, train
+    from ..methods.training import TrainConfig, fine_tune
 
     if len(split.input_ids) == 0:
         raise UnlearnError("no rows to relearn on")
     dtype = next(model.parameters()).dtype
-    work = copy.deepcopy(model)
-    view = types.SimpleNamespace(
-        model=work,
-        forget=types.SimpleNamespace(stats=split),
-        retain=None,
-        config=types.SimpleNamespace(seed=seed),
-        reporter=reporter,
-    )
-
-    def loss(m, batch, _retain, _reference):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"]), {}
-
-    result = train(view, TrainConfig(steps=steps, lr=lr, batch_size=batch_size), loss)
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size)
+    result = fine_tune(copy.deepcopy(model), split, cfg, seed=seed, reporter=reporter)
     return result.model.to(dtype).eval().requires_grad_(False), result.log

@@ -54,6 +54,11 @@ class Corpus:
     val: TokenSplit | None = None
 
 
+def tokens_sha256(ids: torch.Tensor) -> str:
+    """sha256 of token ids (int64, row-major): what manifests record of the data a run saw."""
+    return hashlib.sha256(ids.numpy().tobytes()).hexdigest()
+
+
 def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[str]:
     """Split a long document at blank lines (or line breaks) into pieces of at most about ``max_chars``.
 
@@ -139,7 +144,6 @@ def build_corpus(
         )
     ids = torch.tensor(stream[:needed], dtype=torch.long).view(n_eval + n_val + n_stats, seq_len)
     special = torch.isin(ids, special_ids(tokenizer))
-    digest = hashlib.sha256(ids.numpy().tobytes()).hexdigest()
     return Corpus(
         name=name,
         spec=spec,
@@ -147,7 +151,7 @@ def build_corpus(
         stats=TokenSplit(ids[n_eval + n_val :], special[n_eval + n_val :]),
         val=TokenSplit(ids[n_eval : n_eval + n_val], special[n_eval : n_eval + n_val]) if n_val else None,
         n_segments=used,
-        sha256=digest,
+        sha256=tokens_sha256(ids),
     )
 
 
@@ -206,5 +210,5 @@ def build_qa_corpus(
         stats=split(stats_tokens),
         val=split(val_tokens) if val_tokens else None,
         n_segments=len(rows),
-        sha256=hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
+        sha256=tokens_sha256(ids),
     )

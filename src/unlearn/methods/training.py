@@ -214,6 +214,28 @@ def train(
     )
 
 
+def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter) -> MethodResult:
+    """Plain next-token fine-tuning of ``model`` (in place) on the scored tokens of ``split`` with :func:`train`:
+    what ``unlearn learn`` and the audit's relearning attack do."""
+    import types
+
+    from . import losses
+
+    ctx = types.SimpleNamespace(
+        model=model,
+        forget=types.SimpleNamespace(stats=split),
+        retain=None,
+        config=types.SimpleNamespace(seed=seed),
+        reporter=reporter,
+    )
+
+    def loss(m, batch, _retain, _reference):
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return losses.nll(logits, batch["labels"]), {}
+
+    return train(ctx, cfg, loss)
+
+
 def context_view(ctx, **overrides):
     """What :func:`train` reads of a method context (model, corpora, config, reporter, evaluate, adapter), with
     some of it replaced — e.g. a copy of the model, or another forget training split."""

@@ -93,7 +93,7 @@ def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
     return {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

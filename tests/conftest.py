@@ -7,6 +7,7 @@ Nothing here downloads anything. ``tiny_checkpoint(family)`` saves a model + tok
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import os
 import sysconfig
@@ -30,6 +31,54 @@ RUN_FOLDER_FILES = [
     "report.html",
     "report.md",
 ]
+# small budgets that keep a CLI run on a tiny model to a second or two
+SMALL = [
+    "--seq-len",
+    "32",
+    "--eval-tokens",
+    "256",
+    "--val-tokens",
+    "128",
+    "--stats-tokens",
+    "256",
+    "--batch-size",
+    "4",
+    "--dtype",
+    "fp32",
+    "--device",
+    "cpu",
+]
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    """Run the ``unlearn`` command line in-process: (exit code, stdout, stderr); other exceptions propagate."""
+    from click.testing import CliRunner
+
+    from unlearn.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def tree_hash(path: Path) -> str:
+    """sha256 over the relative names and bytes of every file under ``path``."""
+    digest = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            digest.update(p.relative_to(path).as_posix().encode() + p.read_bytes())
+    return digest.hexdigest()
+
+
+def assert_refused(label: str, code: int, out: str, err: str, needle: str, out_dir: Path) -> None:
+    """Bad input: exit code 2, one stderr line ``error: ...`` mentioning ``needle``, no traceback, nothing in
+    ``out_dir`` (not even a hidden temporary folder)."""
+    lines = err.strip().splitlines()
+    assert code == 2, f"{label}: exit {code}, stderr {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{label}: {err!r}"
+    assert needle.lower() in lines[0].lower(), f"{label}: {lines[0]!r} does not mention {needle!r}"
+    assert "Traceback" not in err + out, f"{label}: traceback in the output"
+    left = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []
+    assert not left, f"{label}: left {left} in {out_dir}"
 
 
 def _training_text() -> list[str]:
@@ -161,6 +210,16 @@ def text_files(tmp_path):
     prose = tmp_path / "prose.txt"
     prose.write_text("\n\n".join(docs), encoding="utf-8")
     return code, prose
+
+
+@pytest.fixture
+def env(tmp_path, tiny_checkpoint, text_files):
+    """A CLI ``run`` on the tiny llama: ``env["base"]`` is the command line, later flags override its own."""
+    code, prose = text_files
+    model = tiny_checkpoint("llama")
+    out = tmp_path / "runs"
+    base = ["run", "--model", str(model), "--forget", str(code), "--retain", str(prose), "--out", str(out), *SMALL]
+    return {"model": model, "code": code, "prose": prose, "out": out, "base": base, "tmp": tmp_path}
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import FAMILIES, tiny_model
-from test_cli import tree_hash
+from conftest import FAMILIES, tiny_model, tree_hash
 
 import unlearn
 from unlearn.audit.attacks import logit_lens, quantize_model, quantize_tensor, recovery

@@ -3,7 +3,6 @@ good input runs end to end on tiny models."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,49 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RUN_FOLDER_FILES
-from click.testing import CliRunner
-
-from unlearn.cli import main
-
-SMALL = [
-    "--seq-len",
-    "32",
-    "--eval-tokens",
-    "256",
-    "--val-tokens",
-    "128",
-    "--stats-tokens",
-    "256",
-    "--batch-size",
-    "4",
-    "--dtype",
-    "fp32",
-    "--device",
-    "cpu",
-]
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def tree_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            digest.update(p.relative_to(path).as_posix().encode() + p.read_bytes())
-    return digest.hexdigest()
-
-
-@pytest.fixture
-def env(tmp_path, tiny_checkpoint, text_files):
-    code, prose = text_files
-    model = tiny_checkpoint("llama")
-    out = tmp_path / "runs"
-    base = ["run", "--model", str(model), "--forget", str(code), "--retain", str(prose), "--out", str(out), *SMALL]
-    return {"model": model, "code": code, "prose": prose, "out": out, "base": base, "tmp": tmp_path}
+from conftest import RUN_FOLDER_FILES, assert_refused, invoke, tree_hash
 
 
 def _bad_inputs(env) -> dict[str, tuple[list[str], str]]:
@@ -110,13 +67,7 @@ def test_bad_inputs_one_line_exit_2(env):
     before = tree_hash(env["model"])
     cases = _bad_inputs(env)
     for label, (args, needle) in cases.items():
-        code, out, err = invoke(*args)
-        lines = err.strip().splitlines()
-        assert code == 2, f"{label}: exit {code}, stderr {err!r}"
-        assert len(lines) == 1 and lines[0].startswith("error: "), f"{label}: {err!r}"
-        assert needle.lower() in lines[0].lower(), f"{label}: {lines[0]!r} does not mention {needle!r}"
-        assert "Traceback" not in err + out
-        assert not env["out"].exists() or not any(env["out"].iterdir()), f"{label}: left {list(env['out'].iterdir())}"
+        assert_refused(label, *invoke(*args), needle, env["out"])
     assert tree_hash(env["model"]) == before
 
 

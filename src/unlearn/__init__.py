@@ -2,7 +2,19 @@
 
 __version__ = "0.1.0"
 
-from .api import RunResult, audit, evaluate, evaluate_suite, learn, ledger, methods, report, run, suites  # noqa: E402
+from .api import (  # noqa: E402
+    RunResult,
+    audit,
+    evaluate,
+    evaluate_suite,
+    launch,
+    learn,
+    ledger,
+    methods,
+    report,
+    run,
+    suites,
+)
 from .config import DataConfig, RunConfig, StopConfig  # noqa: E402
 from .errors import UnlearnError  # noqa: E402
 
@@ -15,6 +27,7 @@ __all__ = [
     "audit",
     "evaluate",
     "evaluate_suite",
+    "launch",
     "learn",
     "ledger",
     "methods",

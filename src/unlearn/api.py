@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .audit.runner import audit  # noqa: F401 - re-exported: `unlearn audit`
 from .config import DataConfig, RunConfig, load_config_file, parse_config
 from .data.chunking import Corpus, build_corpus, tokens_sha256
 from .data.sources import BUILTIN, iter_documents
-from .errors import UnlearnError
+from .errors import UnlearnError, from_os_error
 from .eval.metrics import evaluate_split, relative_drop
 from .methods import get_method, registry
 from .models.adapters import adapter_for
@@ -28,7 +28,7 @@ from .models.hooks import Ablation, ablated, collect_statistics
 from .models.load import LoadedModel, load_model, state_dict_hash
 from .models.save import check_foldable, fold, save_checkpoint
 from .progress import Reporter
-from .report.rundir import RunFolder
+from .report.rundir import RunFolder, find_interrupted
 
 HEADLINE = ("top1", "top10", "loss")
 
@@ -62,6 +62,14 @@ class MethodContext:
     baseline: dict = field(default_factory=dict)
     baseline_val: dict = field(default_factory=dict)
     timings: dict = field(default_factory=lambda: {"statistics": 0.0, "evaluation": 0.0})
+    folder: RunFolder | None = None  # the run's work folder (process 0), where checkpoints go
+    resumed: dict | None = None  # the last checkpoint of the interrupted run being resumed
+    model_sha256: str = ""
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Keep the method's state (replacing the previous one) so that ``--resume`` can continue from it."""
+        if self.folder is not None:
+            self.folder.save_checkpoint({"model_sha256": self.model_sha256, **state})
 
     @property
     def model(self):
@@ -244,32 +252,58 @@ def _qa_corpus(which: str, data: DataConfig, tokenizer, cfg) -> Corpus:
     )
 
 
-def run(config: RunConfig | dict | str | Path | None = None, *, console=None) -> RunResult:
+def run(
+    config: RunConfig | dict | str | Path | None = None, *, console=None, resume: str | Path | None = None
+) -> RunResult:
     """Unlearn the forget corpus from a model with the configured method; write and return the run.
 
     ``config`` is a :class:`RunConfig`, a dict of its fields, or the path of a YAML file. ``console`` (a
-    ``rich.console.Console``) turns on progress bars. Raises :class:`UnlearnError` for bad input; nothing is
-    left in ``out_dir`` unless the run completes.
+    ``rich.console.Console``) turns on progress bars. Raises :class:`UnlearnError` for bad input, and then
+    leaves nothing in ``out_dir``. The run is built in ``out_dir/.NAME.incomplete`` and renamed to
+    ``out_dir/NAME`` when complete; an interrupted run (Ctrl-C, a crash, ``kill -9``) leaves that work folder
+    with the method's last checkpoint, and ``resume="out_dir/NAME"`` (with no ``config``) continues it: the
+    result equals an uninterrupted run's.
     """
     t0 = time.perf_counter()
-    cfg, parent = _parent_run(coerce_config(config))  # a sequential request: verified parent, its model
+    work = None
+    if resume is not None:
+        if config is not None:
+            raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
+        work = find_interrupted(resume)
+        config = work / "config.yaml"
+    cfg, parent, method, method_cfg = _validated(config, resuming=work is not None)
     reporter = Reporter(console)
-    method = get_method(cfg.method)
-    method_cfg = method.make_config(cfg.method_config)
-    if not method.budget and cfg.stop.active:
-        raise UnlearnError(f"{method.name} is a single edit: it cannot stop on a budget (drop --budget)")
-    cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
-    for data in (cfg.forget, cfg.retain):
-        _check_data_exists(data)
-    _check_evals(cfg)
     folder = RunFolder(cfg.out_dir, cfg.name, method.name)
-    folder.check()
+    main = distributed.is_main()  # only process 0 writes the run folder
+    if work is not None:
+        folder.resume(work)
+    elif main:
+        folder.start(cfg.model_dump())
+    try:
+        return _run(cfg, parent, method, method_cfg, folder, reporter, t0)
+    except KeyboardInterrupt:
+        if main and folder.tmp is not None:
+            reporter.log(f"interrupted: continue with `{folder.resume_hint}`")
+        raise
+    except OSError as exc:  # e.g. the disk is full: nothing half-written stays
+        if main:
+            folder.discard()
+        raise from_os_error(exc, "writing the run folder") from exc
+    except Exception:
+        if main:
+            folder.discard()
+        raise
+
+
+def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter, t0: float) -> RunResult:
+    device = distributed.setup(cfg.device)  # under accelerate launch: join the process group
+    main = distributed.is_main()
     torch.manual_seed(cfg.seed)
 
     timings = {}
     start = time.perf_counter()
     with reporter.stage(f"loading model {cfg.model}"):
-        loaded = load_model(cfg.model, cfg.dtype, cfg.device, log=reporter.log)
+        loaded = load_model(cfg.model, cfg.dtype, device, log=reporter.log)
     adapter = adapter_for(loaded.model)
     if getattr(method_cfg, "ablation", None) == "mean":
         check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
@@ -281,7 +315,11 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
     forget, retain = _corpora(loaded, cfg, reporter)
     timings["data"] = time.perf_counter() - start
 
-    ctx = MethodContext(loaded, adapter, forget, retain, cfg, reporter)
+    ctx = MethodContext(loaded, adapter, forget, retain, cfg, reporter, folder=folder if main else None)
+    ctx.resumed = folder.load_checkpoint()
+    if ctx.resumed is not None and ctx.resumed.get("model_sha256") != model_hash:
+        raise UnlearnError(f"the model {cfg.model} changed since the interrupted run started: it cannot be resumed")
+    ctx.model_sha256 = model_hash
     if cfg.stop.max_retain_kl is not None:  # the KL budget compares against the model as it was
         import copy
 
@@ -330,10 +368,10 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
         suites["after"][spec.suite] = _run_eval(spec, unlearned, out_hash, cfg, Path(scratch.name) / "after", reporter)
     timings["suites_after"] = time.perf_counter() - start
 
-    with folder, scratch:
+    with folder if main else contextlib.nullcontext(), scratch:
         start = time.perf_counter()
-        files = save_checkpoint(model, loaded.tokenizer, folder.path("model")) if cfg.save_model else {}
-        if cfg.evals:
+        files = save_checkpoint(model, loaded.tokenizer, folder.path("model")) if cfg.save_model and main else {}
+        if cfg.evals and main:
             shutil.copytree(Path(scratch.name) / "after" / "eval", folder.path("eval"))
             shutil.copytree(Path(scratch.name) / "before" / "eval", folder.path("eval", "before"))
         timings["save"] = time.perf_counter() - start
@@ -385,20 +423,154 @@ def run(config: RunConfig | dict | str | Path | None = None, *, console=None) ->
             "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},
             "stop_reason": result.stop_reason,
             "method_facts": result.extra,
+            "processes": distributed.world_size(),
             "versions": versions(),
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
-        folder.write_yaml("config.yaml", cfg.model_dump())
-        folder.write_json("metrics.json", metrics)
-        folder.write_json("pruned_neurons.json", ablation.indices())
-        manifest["files"] = _run_file_hashes(folder)  # manifest.json itself is written last
-        folder.write_json("manifest.json", manifest)
+        if main:
+            folder.write_yaml("config.yaml", {**cfg.model_dump(), "name": folder.name})
+            folder.write_json("metrics.json", metrics)
+            folder.write_json("pruned_neurons.json", ablation.indices())
+            manifest["files"] = _run_file_hashes(folder)  # manifest.json itself is written last
+            folder.write_json("manifest.json", manifest)
+    if not main:
+        return RunResult(None, metrics, manifest, cfg)
     if cfg.report:  # derived from the files above: a failure leaves a complete run, rebuilt by `unlearn report`
         try:
             write_report(folder.final)
         except Exception as exc:  # noqa: BLE001
             reporter.log(f"warning: report not written ({exc}); rebuild it with `unlearn report {folder.final}`")
     return RunResult(folder.final, metrics, manifest, cfg)
+
+
+def _validated(config, resuming: bool = False) -> tuple[RunConfig, dict | None, object, object]:
+    """Every check that needs no model: the config, the method's settings, the data, the evaluation suites, the
+    run folder and a ``--from`` parent. Returns the resolved config, the parent, the method and its config."""
+    cfg, parent = _parent_run(coerce_config(config))  # a sequential request: verified parent, its model
+    method = get_method(cfg.method)
+    method_cfg = method.make_config(cfg.method_config)
+    if not method.budget and cfg.stop.active:
+        raise UnlearnError(f"{method.name} is a single edit: it cannot stop on a budget (drop --budget)")
+    cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
+    for data in (cfg.forget, cfg.retain):
+        _check_data_exists(data)
+    _check_evals(cfg)
+    if not resuming and distributed.is_main():  # process 0 makes the folder (the others may see its work folder)
+        RunFolder(cfg.out_dir, cfg.name, method.name).check()
+    return cfg, parent, method, method_cfg
+
+
+def launch(
+    config: RunConfig | dict | str | Path | None = None,
+    *,
+    num_processes: int | None = 2,
+    accelerate_config: str | Path | None = None,
+    console=None,
+) -> RunResult:
+    """:func:`run` data parallel in ``num_processes`` processes started by ``accelerate launch``.
+
+    The config is checked here first (bad input fails before any process starts), then handed to the processes
+    as a YAML file. Selective-pruning statistics and evaluations are split by batch across the processes and
+    their sums added, so the result equals a single-process run; trained methods train with DDP, or FSDP /
+    DeepSpeed as ``accelerate_config`` (an ``accelerate config`` file; see ``configs/accelerate/``) says. On
+    CPUs the processes talk over gloo. Returns the run written by process 0.
+    """
+    import sys
+
+    import yaml
+
+    cfg, _parent, method, _mc = _validated(config)
+    if num_processes is not None and num_processes < 1:
+        raise UnlearnError(f"--num-processes must be at least 1, got {num_processes}")
+    if accelerate_config is not None:
+        _check_accelerate_config(Path(accelerate_config))
+    if distributed.launched():
+        raise UnlearnError("already inside a multi-process launch: call run(), not launch()")
+    name = cfg.name or _free_name(Path(cfg.out_dir), time.strftime("%Y%m%d-%H%M%S") + f"-{method.name}")
+    cfg = cfg.model_copy(update={"name": name})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1"]
+    if accelerate_config is not None:
+        cmd += ["--config_file", str(accelerate_config)]
+    else:  # torchrun-style local processes; each joins over gloo on CPUs or NCCL on GPUs (distributed.setup)
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"] + (["--multi_gpu"] if num_processes > 1 else [])
+    if num_processes is not None:
+        cmd += ["--num_processes", str(num_processes)]
+    with tempfile.TemporaryDirectory(prefix="unlearn-launch-") as tmp:
+        config_file = Path(tmp) / "config.yaml"
+        config_file.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False), encoding="utf-8")
+        cmd += ["-m", "unlearn", "run", "--config", str(config_file)] + ([] if console else ["--quiet"])
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if console is not None and console.is_terminal:
+            env["UNLEARN_FORCE_TERMINAL"] = "1"
+        code, errors = _run_launcher(cmd, env)
+    run_dir = Path(cfg.out_dir) / name
+    if errors:  # the processes' own one-line error (each process reports the same one)
+        raise UnlearnError(errors[0])
+    if code != 0 or not (run_dir / "manifest.json").is_file():
+        raise UnlearnError(f"the launched run failed (exit code {code}): its processes' messages are above")
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    return RunResult(run_dir, metrics, manifest, coerce_config(run_dir / "config.yaml"))
+
+
+def _check_accelerate_config(path: Path) -> None:
+    """An accelerate config file that exists, is a YAML mapping, and asks for nothing this machine lacks."""
+    import importlib.util
+
+    import yaml
+
+    if not path.is_file():
+        raise UnlearnError(f"accelerate config file not found: {path}")
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UnlearnError(f"accelerate config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(settings, dict):
+        raise UnlearnError(f"accelerate config {path} must hold a mapping of settings")
+    kind = str(settings.get("distributed_type", "NO")).upper()
+    if kind in ("FSDP", "DEEPSPEED") and not torch.cuda.is_available():
+        raise UnlearnError(f"accelerate config {path} asks for {kind}, which needs GPUs: use DDP (MULTI_GPU) on CPUs")
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise UnlearnError(f"accelerate config {path} asks for DeepSpeed: pip install deepspeed")
+
+
+def _run_launcher(cmd: list[str], env: dict) -> tuple[int, list[str]]:
+    """Run ``accelerate launch``, passing its stderr (process 0's progress) through until a process reports an
+    ``error: ...`` line; the launcher's own report of the failed processes that follows is dropped. Returns the
+    exit code and the errors reported."""
+    import re
+    import subprocess
+    import sys
+
+    errors: list[str] = []
+    pending = b""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # we print the summary
+    try:
+        for chunk in iter(lambda: proc.stderr.read1(65536), b""):
+            if errors:
+                continue  # drain: the launcher's traceback of the failed processes
+            pending += chunk
+            found = re.search(rb"(?:^|\n)error: ([^\n]*)\n", pending)
+            if found:
+                sys.stderr.buffer.write(pending[: found.start()])
+                errors.append(found.group(1).decode("utf-8", "replace"))
+            else:  # forward all but a possibly incomplete last line (it could be the start of an error)
+                cut = pending.rfind(b"\n") + 1
+                sys.stderr.buffer.write(pending[:cut])
+                pending = pending[cut:]
+            sys.stderr.flush()
+        if not errors:
+            sys.stderr.buffer.write(pending)
+    finally:
+        code = proc.wait()
+    return code, errors
+
+
+def _free_name(out_dir: Path, name: str) -> str:
+    n, free = 2, name
+    while (out_dir / free).exists():
+        free, n = f"{name}-{n}", n + 1
+    return free
 
 
 def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
@@ -811,7 +983,9 @@ def learn(
         raise UnlearnError(f"unknown data format {format!r}: use auto, text or qa")
     spec = DataConfig(source=data, format=fmt)
     _check_data_exists(spec)
-    cfg = RunConfig(model=model, dtype=dtype, device=device, seq_len=seq_len, seed=seed, batch_size=batch_size)
+    cfg = parse_config(
+        {"model": model, "dtype": dtype, "device": device, "seq_len": seq_len, "seed": seed, "batch_size": batch_size}
+    )
     try:
         TrainConfig(lr=lr, batch_size=batch_size, lora=lora)
     except Exception as exc:  # noqa: BLE001 - pydantic's message, one line
@@ -850,6 +1024,9 @@ def learn(
         record["timings_s"] = {"train": result.extra["train_seconds"], "total": round(time.perf_counter() - t0, 3)}
         (tmp / "learn.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         os.rename(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise from_os_error(exc, "writing the fine-tuned model") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,14 +5,15 @@ Bad input (anything raising :class:`UnlearnError`) prints one line, ``error: ...
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 
 import click
 
-from .config import RunConfig
-from .errors import UnlearnError
+from .config import RunConfig, parse_config
+from .errors import ENVIRONMENT, UnlearnError, from_os_error
 from .methods.selective_pruning import SelectivePruningConfig
 
 PCT = "(a fraction such as 0.05 or a percentage such as 5%)"
@@ -30,14 +31,27 @@ def _fraction(value: str | None, flag: str) -> float | None:
 
 
 def _console():
+    """Progress on stderr; None (no progress) in the processes of a multi-process launch other than process 0."""
+    from .distributed import is_main
+
+    if not is_main():
+        return None
     from rich.console import Console
 
-    return Console(stderr=True)
+    # a launched process writes into a pipe that `unlearn run --launcher` forwards to its terminal
+    return Console(stderr=True, force_terminal=True if os.environ.get("UNLEARN_FORCE_TERMINAL") else None)
 
 
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _fail_os(exc: OSError) -> None:
+    """A full disk, a read-only or forbidden path: one line; any other OSError is a bug and keeps its traceback."""
+    if exc.errno not in ENVIRONMENT:
+        raise exc
+    _fail(str(from_os_error(exc)))
 
 
 class _Command(click.Command):
@@ -55,6 +69,8 @@ class _Command(click.Command):
             _fail(exc.format_message().replace("\n", " "))
         except UnlearnError as exc:
             _fail(str(exc).replace("\n", " "))
+        except OSError as exc:
+            _fail_os(exc)
         except KeyboardInterrupt:
             _fail("interrupted")
 
@@ -72,6 +88,8 @@ class _Group(click.Group):
             _fail(exc.format_message().replace("\n", " "))
         except UnlearnError as exc:
             _fail(str(exc).replace("\n", " "))
+        except OSError as exc:
+            _fail_os(exc)
         except KeyboardInterrupt:
             _fail("interrupted")
         if isinstance(rv, int) and rv:
@@ -214,6 +232,29 @@ def _set(d: dict, key: str, value) -> None:
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html / report.md (`unlearn report` can later).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--resume",
+    metavar="RUN_DIR",
+    help="Continue an interrupted run (Ctrl-C, crash, kill -9) from its last checkpoint, with its saved config: "
+    "RUN_DIR is the run folder it would have written (OUT/NAME). No other settings.",
+)
+@click.option(
+    "--launcher",
+    type=click.Choice(["none", "accelerate"]),
+    default="none",
+    show_default=True,
+    help="accelerate: run data parallel in --num-processes processes (accelerate launch; gloo on CPUs). The "
+    "same as `accelerate launch -m unlearn run ...`.",
+)
+@click.option(
+    "--num-processes", type=int, help="Processes for --launcher accelerate (default 2, or the accelerate config's)."
+)
+@click.option(
+    "--accelerate-config",
+    type=click.Path(),
+    help="An `accelerate config` file for --launcher accelerate: DDP, FSDP or DeepSpeed (see configs/accelerate/).",
+)
 def run(
     config_file,
     model,
@@ -253,6 +294,11 @@ def run(
     no_save_model,
     no_report,
     as_json,
+    quiet,
+    resume,
+    launcher,
+    num_processes,
+    accelerate_config,
 ):
     """Unlearn a corpus from a model and write a run folder (config, metrics, model, manifest).
 
@@ -348,7 +394,20 @@ def run(
     _set(stop, "metric", budget_metric)
     if stop:
         values["stop"] = stop
-    result = api.run(values, console=_console())
+    console = None if quiet else _console()
+    if resume is not None:
+        if values or launcher != "none":
+            raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
+        result = api.run(console=console, resume=resume)
+    elif launcher == "accelerate":
+        n = num_processes if num_processes is not None else (None if accelerate_config else 2)
+        result = api.launch(values, num_processes=n, accelerate_config=accelerate_config, console=console)
+    elif num_processes is not None or accelerate_config is not None:
+        raise UnlearnError("--num-processes and --accelerate-config need --launcher accelerate")
+    else:
+        result = api.run(values, console=console)
+    if result.run_dir is None:  # a process other than 0 of a multi-process launch: process 0 reports
+        return
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
     else:
@@ -504,6 +563,8 @@ def eval_cmd(
 
     if eval_tokens < 1 or seq_len < 8 or batch_size < 1 or skip_k < 0:
         raise UnlearnError("--eval-tokens and --batch-size must be positive, --seq-len at least 8, --skip-k >= 0")
+    if output and os.path.isdir(output):  # before any work, not after it
+        raise UnlearnError(f"--output {output} is a folder: give a file name, e.g. {os.path.join(output, 'eval.json')}")
     if suite:
         values = _key_values(settings, "--set")
         for key, val in (("limit", limit), ("shots", shots), ("template", template)):
@@ -597,11 +658,14 @@ def _write_output(output: str | None, data) -> None:
         return
     tmp = f"{output}.tmp"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, default=str)
         os.replace(tmp, output)
     except OSError as exc:
-        raise UnlearnError(f"cannot write {output}: {exc.strerror}") from exc
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # no half-written file stays behind
+        raise from_os_error(exc, f"writing {output}") from exc
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, object]]:
@@ -660,6 +724,7 @@ def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len,
 
     if epochs <= 0 or (steps is not None and steps < 1) or batch_size < 1 or seq_len < 8 or tokens < 1 or lr <= 0:
         raise UnlearnError("--epochs, --steps, --lr, --batch-size and --tokens must be positive, --seq-len at least 8")
+    parse_config({"model": model, "seq_len": seq_len, "seed": seed, "batch_size": batch_size})  # the run's limits
     result = api.learn(
         model,
         data,

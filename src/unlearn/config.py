@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,7 +40,7 @@ class DataConfig(BaseModel):
 class StopConfig(BaseModel):
     """Budgeted stopping: stop before retain drops too far, or once forget has dropped far enough."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     metric: str = Field("top1", description="metric the budget watches (top1, top10, skip50_top1, ...)")
     max_retain_drop: float | None = Field(None, gt=0, lt=1, description="largest relative retain drop allowed")
     forget_target_drop: float | None = Field(None, gt=0, le=1, description="stop once forget dropped this much")
@@ -67,6 +69,11 @@ class EvalSpec(BaseModel):
             raise ValueError("an evaluation suite needs at least one data entry")
         return v
 
+    @field_validator("settings")
+    @classmethod
+    def _setting_names(cls, v):
+        return _text_keys(v, "suite setting")
+
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -91,7 +98,13 @@ class RunConfig(BaseModel):
     skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
     stop: StopConfig = Field(default_factory=StopConfig)
     evals: list[EvalSpec] = Field(default_factory=list, description="suites evaluated before and after unlearning")
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), lt=2**64, description="seed for the choice of chunks and for torch")
+    checkpoint_every: int = Field(
+        10,
+        ge=0,
+        description="trained methods: save a checkpoint every k optimizer steps for --resume (0 = never); "
+        "selective pruning saves one after every step",
+    )
     out_dir: str = "runs"
     name: str | None = Field(None, description="run folder name (default: timestamp-method)")
     save_model: bool = True
@@ -129,26 +142,98 @@ class RunConfig(BaseModel):
             raise ValueError("name must be a plain folder name (no slashes, not starting with '.')")
         return v
 
+    @field_validator("method_config")
+    @classmethod
+    def _method_parameters(cls, v):
+        for key, value in _text_keys(v, "method parameter").items():
+            if _not_finite(value):  # nan passes every range check of the method's own config
+                raise ValueError(f"method parameter {key} must be a finite number, got {value!r}")
+        return v
+
+
+def _text_keys(values: dict, what: str) -> dict:
+    """Settings passed on as keyword arguments (method parameters, suite settings) need text names."""
+    names = [k for k in values if not isinstance(k, str)]
+    if names:
+        raise ValueError(f"{what} names must be text, got {names[0]!r}")
+    return values
+
+
+def _not_finite(value) -> bool:
+    """nan or ±inf: a float, or text that pydantic would read as one ("nan", "-inf", "1e999")."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value))
+        except ValueError:
+            return False
+    return False
+
+
+def _shown(key) -> str:
+    """A config key as an error message shows it: plain names as they are, anything else quoted (one line)."""
+    return str(key) if isinstance(key, int) or str(key).isidentifier() else repr(key)
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The setting names valid at ``loc`` (the path of an unknown key, without the key itself)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list of settings (evals)
+        field = model.model_fields.get(part)
+        candidates = [field.annotation, *get_args(field.annotation)] if field is not None else []
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
 
 def parse_config(values: dict) -> RunConfig:
+    """Validate settings; any problem raises :class:`UnlearnError` with one line naming the setting."""
     try:
-        return RunConfig(**values)
+        return RunConfig(**_text_keys(values, "setting"))
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        raise UnlearnError(f"invalid config {where}: {err['msg']}") from exc
+        where = ".".join(_shown(p) for p in err["loc"]) or "config"
+        message = " ".join(str(err["msg"]).split()).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(err["loc"][:-1]), n=1)
+            message += f" (did you mean {close[0]}?)" if close else ""
+        raise UnlearnError(f"invalid config {where}: {message}") from exc
+    except ValueError as exc:  # a setting name that is not text (found before pydantic sees the settings)
+        raise UnlearnError(f"invalid config: {exc}") from exc
+
+
+MAPPINGS = ("forget", "retain", "stop", "method_config")  # config sections that hold settings of their own
 
 
 def load_config_file(path: str | Path) -> dict:
+    """The settings of a YAML file (a mapping); any problem with the file raises a one-line UnlearnError."""
     path = Path(path)
+    if path.is_dir():
+        raise UnlearnError(f"config file {path} is a folder: pass a YAML file")
     if not path.is_file():
         raise UnlearnError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UnlearnError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnlearnError(f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
+    except OSError as exc:
+        raise UnlearnError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a date such as 2024-13-01, !!int x
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnlearnError(f"config file {path} is not valid YAML: {first}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UnlearnError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    for key in MAPPINGS:
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise UnlearnError(f"invalid config {key}: must be a mapping of settings, not {type(data[key]).__name__}")
+    if data.get("evals") is not None and not isinstance(data["evals"], list):
+        raise UnlearnError(f"invalid config evals: must be a list of suites, not {type(data['evals']).__name__}")
     return data

@@ -53,8 +53,10 @@ def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
         for where, rec in _hf_records(src[3:], spec.hf_config, spec.hf_split):
             yield where, _record_text(rec, spec.fields, where)
     else:
-        for path in _expand(src):
-            yield from _read_path(path, spec.fields)
+        paths = _expand(src)
+        named = len(paths) == 1 and not any(ch in src for ch in "*?[") and not Path(src).expanduser().is_dir()
+        for path in paths:
+            yield from _read_path(path, spec.fields, skip_binary=not named)
 
 
 def _expand(src: str) -> list[Path]:
@@ -82,9 +84,13 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise UnlearnError(f"{path} is not UTF-8 text (byte {exc.start}): convert it first") from exc
+        raise _not_utf8(path, exc.start) from exc
     except OSError as exc:
         raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _not_utf8(path: Path, byte: int, hint: str = "") -> UnlearnError:
+    return UnlearnError(f"{path} is not UTF-8 text (byte {byte}{hint}): convert it first")
 
 
 def iter_records(source: str, *, hf_config: str | None = None, hf_split: str = "train") -> Iterator[tuple[str, dict]]:
@@ -166,7 +172,9 @@ def _structured_records(path: Path) -> Iterator[tuple[str, object]]:
             yield f"{path}[{i}]", rec
 
 
-def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+def _read_path(path: Path, fields: tuple[str, ...], skip_binary: bool = True) -> Iterator[tuple[str, str]]:
+    """The text of a file; a binary one (NUL bytes near the start) is skipped inside a folder or glob, and
+    refused when the user named it."""
     if path.suffix.lower() in STRUCTURED:
         for where, rec in _structured_records(path):
             yield where, _record_text(rec, fields, where)
@@ -175,9 +183,16 @@ def _read_path(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, str]]
         raw = path.read_bytes()
     except OSError as exc:
         raise UnlearnError(f"cannot read {path}: {exc.strerror}") from exc
-    if b"\0" in raw[:4096]:
-        return  # binary file inside a folder: not text, skip it
-    yield str(path), _read_text(path)
+    nul = raw.find(b"\0", 0, 4096)
+    if nul >= 0:
+        if skip_binary:
+            return  # binary file inside a folder: not text, skip it
+        raise _not_utf8(path, nul, " is NUL: a binary or UTF-16 file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc.start) from exc
+    yield str(path), text
 
 
 def _hf_records(name: str, config: str | None, split: str) -> Iterator[tuple[str, dict]]:

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data.chunking import TokenSplit
 
 TOPK = (1, 10)
@@ -39,11 +40,15 @@ def frequent_tokens(split: TokenSplit, k: int) -> torch.Tensor:
 def evaluate_split(
     model: nn.Module, split: TokenSplit, *, batch_size: int, skip_k: int = 50, progress=None
 ) -> dict[str, float]:
-    """Top-1/top-10 accuracy, skip-k accuracy, loss and perplexity of ``model`` on ``split``."""
+    """Top-1/top-10 accuracy, skip-k accuracy, loss and perplexity of ``model`` on ``split``.
+
+    Under a multi-process launch each process scores its share of the batches and the counts and loss sums are
+    added across processes, so every process returns the metrics of the whole split.
+    """
     device = next(model.parameters()).device
     skip_ids = frequent_tokens(split, skip_k).to(device)
     sums = {"n": 0, "loss": 0.0, "top1": 0, "top10": 0, "skip_n": 0, "skip_top1": 0, "skip_top10": 0}
-    for ids, special in split.batches(batch_size):
+    for ids, special in distributed.batches(split, batch_size):
         ids = ids.to(device)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
         targets = ids[:, 1:]
@@ -62,7 +67,8 @@ def evaluate_split(
         sums["skip_top1"] += int((hit[1] & skip).sum())
         sums["skip_top10"] += int((hit[10] & skip).sum())
         if progress:
-            progress(ids.numel())
+            progress(ids.numel() * distributed.world_size())
+    sums = distributed.reduce_sums(sums)
     n, sn = max(sums["n"], 1), max(sums["skip_n"], 1)
     loss = sums["loss"] / n
     return {

@@ -115,12 +115,16 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     forget_stats = retain_stats = None
     current = ctx.baseline
     stop_reason = f"completed {cfg.steps} steps"
-    for step in range(1, cfg.steps + 1):
+    resumed = getattr(ctx, "resumed", None)
+    if resumed is not None:  # an interrupted run: continue after its last completed step
+        ablation, steps, current = resumed["ablation"], resumed["steps"], resumed["current"]
+    for step in range(len(steps) + 1, cfg.steps + 1):
         if forget_stats is None or cfg.recollect:
-            forget_stats = ctx.statistics("forget", ablation, kinds, needs=(cfg.importance,))
+            at = ablation if cfg.recollect else Ablation()  # without re-collection: the unpruned model's, once
+            forget_stats = ctx.statistics("forget", at, kinds, needs=(cfg.importance,))
             retain_stats = ctx.statistics(
                 "retain",
-                ablation,
+                at,
                 kinds,
                 needs=(cfg.importance, "mean") if cfg.ablation == "mean" else (cfg.importance,),
             )
@@ -159,4 +163,6 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         if reason:
             stop_reason = reason
             break
+        if step < cfg.steps and hasattr(ctx, "save_checkpoint"):
+            ctx.save_checkpoint({"ablation": ablation, "steps": steps, "current": current})
     return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)

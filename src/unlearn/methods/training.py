@@ -97,16 +97,24 @@ def _is_linear(module) -> bool:
     return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def batches(split, batch_size: int, seed: int):
-    """Endless micro-batches of a token split ({input_ids, attention_mask, labels}), reshuffled every pass."""
+def batches(split, batch_size: int, seed: int, *, rank: int = 0, world: int = 1):
+    """Endless micro-batches of a token split ({input_ids, attention_mask, labels}), reshuffled every pass.
+
+    With ``world`` processes, process ``rank`` gets rows ``rank, rank + world, ...`` of each micro-batch, so the
+    processes together see exactly the batches one process would (data parallel with the same global batch).
+    """
     gen = torch.Generator().manual_seed(seed)
     n = len(split.input_ids)
     if n == 0:
         raise UnlearnError("no training chunks: raise --stats-tokens")
+    if batch_size < world:
+        raise UnlearnError(f"batch_size {batch_size} is smaller than the {world} processes: raise it")
     while True:
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
+            idx = order[i : i + batch_size][rank::world]
+            if len(idx) == 0:  # the last, short batch of a pass has no row for this process
+                idx = order[i : i + 1]
             ids = split.input_ids[idx]
             yield {
                 "input_ids": ids,
@@ -150,19 +158,36 @@ def train(
         raise UnlearnError("nothing to train: no parameter requires a gradient")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    # sharded training: an unsharded copy receives the gathered weights for evaluation and export
+    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    template = copy.deepcopy(model).requires_grad_(False) if sharded else None
+    # the schedule stays ours: Accelerate would step a prepared one once per process per optimizer step
+    model, optimizer = accelerator.prepare(model, optimizer)
     if reference is not None:
         reference = accelerator.prepare_model(reference, evaluation_mode=True)
-    forget = batches(ctx.forget.stats, cfg.batch_size, ctx.config.seed)
-    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.config.seed + 1) if ctx.retain is not None else None
+    shard = {"rank": accelerator.process_index, "world": accelerator.num_processes}
+    forget = batches(ctx.forget.stats, cfg.batch_size, ctx.config.seed, **shard)
+    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.config.seed + 1, **shard) if ctx.retain is not None else None
 
     log, steps, start = [], [], time.perf_counter()
     budgeted = bool(getattr(ctx, "budgeted", False))
     every = cfg.eval_every or (5 if budgeted else 0)
     kept, kept_step, stop_reason = _snapshot(params) if budgeted else None, 0, f"completed {cfg.steps} steps"
+    save_every, saver = getattr(ctx.config, "checkpoint_every", 0), getattr(ctx, "save_checkpoint", None)
+    done = 0
+    resumed = getattr(ctx, "resumed", None)
+    if resumed is not None:  # an interrupted run: its last checkpoint, and the batches it had used
+        done, log, steps, kept, kept_step = (resumed[k] for k in ("step", "log", "steps", "kept", "kept_step"))
+        _restore(params, resumed["params"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        torch.set_rng_state(resumed["rng"])
+        for _ in range(done * cfg.grad_accum):
+            next(forget), next(retain) if retain else None
     model.train()
     with ctx.reporter.task("training", cfg.steps) as advance:
-        for step in range(1, cfg.steps + 1):
+        advance(done)
+        for step in range(done + 1, cfg.steps + 1):
             terms: dict[str, float] = {}
             for _ in range(cfg.grad_accum):
                 with (
@@ -176,10 +201,12 @@ def train(
                     if accelerator.sync_gradients and cfg.max_grad_norm:
                         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
-                    schedule.step()
+                    if accelerator.sync_gradients:
+                        schedule.step()
                     optimizer.zero_grad()
-                for k, v in {"loss": loss, **parts}.items():
-                    terms[k] = terms.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                for k, v in {"loss": loss, **parts}.items():  # logged: the mean over processes
+                    v = accelerator.reduce(v.detach(), "mean") if accelerator.num_processes > 1 else v.detach()
+                    terms[k] = terms.get(k, 0.0) + float(v) / cfg.grad_accum
             if not all(map(_finite, terms.values())):
                 raise UnlearnError(f"training diverged at step {step} (loss {terms['loss']}): lower lr")
             log.append({"step": step, "lr": schedule.get_last_lr()[0], **{k: round(v, 6) for k, v in terms.items()}})
@@ -188,7 +215,8 @@ def train(
                 model.eval()
                 record = {"step": step}
                 if budgeted:  # budgets are measured on the validation chunks, never on the reported ones
-                    reason, record["validation"] = ctx.check_budget(model=_export(accelerator, model))
+                    current = _export(accelerator, model, template=template)
+                    reason, record["validation"] = ctx.check_budget(model=current)
                     if reason and reason.startswith("budget"):
                         _restore(params, kept)
                         stop_reason = f"{reason}; restored the state after step {kept_step}"
@@ -196,14 +224,29 @@ def train(
                         break
                     kept, kept_step = _snapshot(params), step
                 if cfg.eval_every:
-                    record.update(ctx.evaluate(label=f"step {step}", model=_export(accelerator, model)))
+                    current = _export(accelerator, model, template=template)
+                    record.update(ctx.evaluate(label=f"step {step}", model=current))
                 steps.append(record)
                 if budgeted and reason:  # the forget target is reached: keep this state
                     stop_reason = reason
                     break
                 model.train()
+            if saver and save_every and step % save_every == 0 and step < cfg.steps:
+                saver(
+                    {
+                        "step": step,
+                        "log": log,
+                        "steps": steps,
+                        "kept": kept,
+                        "kept_step": kept_step,
+                        "params": _snapshot(params),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "rng": torch.get_rng_state(),
+                    }
+                )
     model.eval()
-    trained = _export(accelerator, model, merge=True)
+    trained = _export(accelerator, model, merge=True, template=template)
     return MethodResult(
         ablation=None,
         steps=steps,
@@ -241,7 +284,7 @@ def context_view(ctx, **overrides):
     some of it replaced — e.g. a copy of the model, or another forget training split."""
     import types
 
-    fields = ("model", "forget", "retain", "config", "reporter", "evaluate", "adapter")
+    fields = ("model", "forget", "retain", "config", "reporter", "evaluate", "adapter", "save_checkpoint", "resumed")
     return types.SimpleNamespace(**{**{f: getattr(ctx, f, None) for f in fields}, **overrides})
 
 
@@ -273,8 +316,16 @@ def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
 
-def _export(accelerator, model, merge: bool = False):
-    """The plain model (unwrapped; LoRA merged when ``merge``, else evaluated with its adapters active)."""
+def _export(accelerator, model, merge: bool = False, template=None):
+    """The plain model (unwrapped; LoRA merged when ``merge``, else evaluated with its adapters active).
+
+    Sharded training (FSDP, DeepSpeed) leaves each process a shard: ``template`` (an unsharded copy of the
+    model made before sharding) receives the full weights, gathered by Accelerate and sent to every process."""
+    if template is not None:
+        state = [accelerator.get_state_dict(model) if accelerator.is_main_process else None]
+        torch.distributed.broadcast_object_list(state, src=0)
+        template.load_state_dict(state[0])
+        model = template
     model = accelerator.unwrap_model(model)
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

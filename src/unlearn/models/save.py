@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UnlearnError
+from ..errors import UnlearnError, from_os_error
 from .adapters import Adapter, has_bias, weight_columns
 from .hooks import Ablation
 
@@ -87,9 +87,12 @@ def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
     from .load import quiet_transformers
 
     quiet_transformers()  # no "Writing model shards" bar between our own progress lines
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path, safe_serialization=True)
+        tokenizer.save_pretrained(path)
+    except OSError as exc:  # a full disk above all: the caller removes the half-written folder
+        raise from_os_error(exc, f"writing the model to {path}") from exc
     return {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
 
 

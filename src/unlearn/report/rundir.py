@@ -1,21 +1,51 @@
-"""The run folder: written under a temporary name and renamed into place only when complete."""
+"""The run folder: built in a hidden work folder and renamed into place only when complete.
+
+``out_dir/.NAME.incomplete/`` holds the resolved ``config.yaml`` from the start and the method's latest
+``checkpoint/`` while it works. A finished run removes the checkpoint and renames the work folder to
+``out_dir/NAME`` (one atomic rename), so ``out_dir/NAME`` is either absent or complete — also after a crash or
+``kill -9``. Bad input discovered on the way deletes the work folder; an interruption or crash leaves it, and
+``unlearn run --resume out_dir/NAME`` continues from the last checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..errors import UnlearnError
 
+SUFFIX = ".incomplete"
+CHECKPOINT = "checkpoint"
+
+
+def work_dir(out_dir: Path, name: str) -> Path:
+    return out_dir / f".{name}{SUFFIX}"
+
+
+def find_interrupted(path: str | Path) -> Path:
+    """The work folder of an interrupted run, given ``out_dir/NAME`` or the work folder itself."""
+    path = Path(path)
+    if path.name.startswith(".") and path.name.endswith(SUFFIX):
+        work = path
+    else:
+        work = work_dir(path.parent, path.name)
+        if (path / "manifest.json").is_file():
+            raise UnlearnError(f"run {path} is complete: there is nothing to resume")
+    if not (work / "config.yaml").is_file():
+        raise UnlearnError(f"no interrupted run to resume at {path} (looked for {work}/config.yaml)")
+    return work
+
 
 class RunFolder:
-    """Context manager: yields a temporary folder; renames it to ``out_dir/name`` on success, deletes it on error."""
+    """``start(config)`` creates the work folder; ``save_checkpoint``/``load_checkpoint`` keep the method's
+    state there; as a context manager it finishes the folder on success (checkpoint removed, renamed into
+    place)."""
 
     def __init__(self, out_dir: str | Path, name: str | None, method: str):
         self.out_dir = Path(out_dir)
@@ -31,31 +61,82 @@ class RunFolder:
             raise UnlearnError(f"output folder {self.out_dir} is a file: choose another --out")
         if self.explicit and (self.out_dir / self.name).exists():
             raise UnlearnError(f"run folder {self.out_dir / self.name} already exists: choose another --name")
+        if self.explicit and work_dir(self.out_dir, self.name).exists():
+            raise UnlearnError(
+                f"an interrupted run {self.name} is waiting in {work_dir(self.out_dir, self.name)}: continue it "
+                f"with `unlearn run --resume {self.out_dir / self.name}` or delete that folder"
+            )
 
-    def __enter__(self) -> RunFolder:
+    def start(self, config: dict) -> None:
+        """Create the work folder (the name is fixed now) and write the resolved config into it."""
         self.check()
+        if not self.explicit:
+            stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{self.method}"
+            self.name, n = stamp, 2
+            while (self.out_dir / self.name).exists() or work_dir(self.out_dir, self.name).exists():
+                self.name, n = f"{stamp}-{n}", n + 1
+        self.tmp = work_dir(self.out_dir, self.name)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=self.out_dir))
+            self.tmp.mkdir()
         except OSError as exc:
             raise UnlearnError(f"cannot create output folder {self.out_dir}: {exc.strerror}") from exc
+        self.write_yaml("config.yaml", {**config, "name": self.name})
+
+    def resume(self, work: Path) -> None:
+        """Continue in the work folder of an interrupted run."""
+        self.tmp, self.out_dir = work, work.parent
+        self.name = work.name[1 : -len(SUFFIX)]
+        self.explicit = True
+        if (self.out_dir / self.name).exists():
+            raise UnlearnError(f"run folder {self.out_dir / self.name} already exists: cannot finish {work} there")
+
+    @property
+    def resume_hint(self) -> str:
+        return f"unlearn run --resume {self.out_dir / self.name}"
+
+    def discard(self) -> None:
+        """Delete the work folder (bad input: nothing is left behind)."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # checkpoints: one file, replaced atomically, so a crash while writing keeps the previous one
+    def save_checkpoint(self, state: dict) -> None:
+        if self.tmp is None:
+            return
+        folder = self.tmp / CHECKPOINT
+        folder.mkdir(exist_ok=True)
+        part = folder / "state.pt.part"
+        torch.save(state, part)
+        os.replace(part, folder / "state.pt")
+
+    def load_checkpoint(self) -> dict | None:
+        path = None if self.tmp is None else self.tmp / CHECKPOINT / "state.pt"
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a damaged file: say which
+            message = f"checkpoint {path} cannot be read ({type(exc).__name__}): delete it to start over"
+            raise UnlearnError(message) from exc
+
+    def __enter__(self) -> RunFolder:
+        if self.tmp is None:
+            raise RuntimeError("RunFolder.start() first")
         return self
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        name = self.name or time.strftime("%Y%m%d-%H%M%S") + f"-{self.method}"
-        final = self.out_dir / name
-        n = 2
-        while not self.explicit and final.exists():
-            final = self.out_dir / f"{name}-{n}"
-            n += 1
+            return False  # the run decides: discard (bad input) or keep for --resume (interruption)
+        final = self.out_dir / self.name
         try:
+            shutil.rmtree(self.tmp / CHECKPOINT, ignore_errors=True)
             _normal_permissions(self.tmp)
+            if final.exists():
+                raise OSError(17, "File exists")
             os.rename(self.tmp, final)
         except OSError as exc:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.discard()
             raise UnlearnError(f"cannot create run folder {final}: {exc.strerror}") from exc
         self.final = final
         return False

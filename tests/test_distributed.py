@@ -110,3 +110,20 @@ def test_launch_checks_the_config_before_starting_processes(tmp_path, tiny_check
     with pytest.raises(unlearn.UnlearnError, match="accelerate config file not found"):
         unlearn.launch(cfg, num_processes=2, accelerate_config=tmp_path / "none.yaml")
     assert not (tmp_path / "runs").exists()
+
+
+def test_device_map_and_auto_batch_size_give_the_same_run(tmp_path, tiny_checkpoint, text_files):
+    """--device-map auto (Accelerate's placement; all on the CPU here) and --batch-size auto (the batch fitted to
+    memory) change where and how many chunks run at once, not the result."""
+    code, prose = text_files
+    method = {"ff_frac": 0.05, "attn_frac": 0.05, "steps": 2}
+    cfg = _config(tiny_checkpoint("llama"), code, prose, tmp_path / "runs", method_config=method)
+    plain = unlearn.run({**cfg, "name": "plain"})
+    mapped = unlearn.run({**cfg, "name": "mapped", "device_map": "auto", "batch_size": "auto"})
+    assert isinstance(mapped.config.batch_size, int) and mapped.config.batch_size > cfg["batch_size"]
+    assert (mapped.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
+    for which in ("forget", "retain"):
+        assert mapped.after[which]["top1"] == plain.after[which]["top1"]
+        assert mapped.after[which]["loss"] == pytest.approx(plain.after[which]["loss"], rel=1e-5)
+    with pytest.raises(unlearn.UnlearnError, match="--device-map serves statistics"):
+        unlearn.run({**cfg, "device_map": "auto", "method": "npo", "method_config": {}})

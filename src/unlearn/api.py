@@ -303,8 +303,15 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
     timings = {}
     start = time.perf_counter()
     with reporter.stage(f"loading model {cfg.model}"):
-        loaded = load_model(cfg.model, cfg.dtype, device, log=reporter.log)
+        loaded = load_model(cfg.model, cfg.dtype, device, log=reporter.log, device_map=cfg.device_map)
     adapter = adapter_for(loaded.model)
+    if cfg.batch_size == "auto":  # resolved once, and kept in the work folder's config for --resume
+        from .models.memory import auto_batch_size
+
+        cfg = cfg.model_copy(update={"batch_size": auto_batch_size(loaded.model, cfg.seq_len, mode="forward")})
+        reporter.log(f"batch size auto: {cfg.batch_size} chunks of {cfg.seq_len} tokens")
+        if main and folder.tmp is not None:
+            folder.write_yaml("config.yaml", {**cfg.model_dump(), "name": folder.name})
     if getattr(method_cfg, "ablation", None) == "mean":
         check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
     timings["load_model"] = time.perf_counter() - start
@@ -455,6 +462,16 @@ def _validated(config, resuming: bool = False) -> tuple[RunConfig, dict | None, 
     for data in (cfg.forget, cfg.retain):
         _check_data_exists(data)
     _check_evals(cfg)
+    if cfg.device_map is not None:
+        from .methods.training import TrainConfig
+
+        if isinstance(method_cfg, TrainConfig):
+            raise UnlearnError(
+                f"--device-map serves statistics and evaluation; {method.name} trains: shard it with "
+                "--launcher accelerate and an FSDP or DeepSpeed config (configs/accelerate/)"
+            )
+        if distributed.launched():
+            raise UnlearnError("--device-map spreads one model over all devices: run it in one process")
     if not resuming and distributed.is_main():  # process 0 makes the folder (the others may see its work folder)
         RunFolder(cfg.out_dir, cfg.name, method.name).check()
     return cfg, parent, method, method_cfg

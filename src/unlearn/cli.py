@@ -30,6 +30,15 @@ def _fraction(value: str | None, flag: str) -> float | None:
         raise UnlearnError(f"{flag} expects a fraction or percentage, got {value!r}") from None
 
 
+def _int_or_auto(value: str | None, flag: str):
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise UnlearnError(f"{flag} expects a whole number or auto, got {value!r}") from None
+
+
 def _console():
     """Progress on stderr; None (no progress) in the processes of a multi-process launch other than process 0."""
     from .distributed import is_main
@@ -200,6 +209,11 @@ def _set(d: dict, key: str, value) -> None:
     help="auto: bf16 on GPU or bf16-capable CPU, else fp32.",
 )
 @click.option("--device", help="auto, cpu or cuda.")
+@click.option(
+    "--device-map",
+    type=click.Choice(["auto", "balanced", "balanced_low_0", "sequential"]),
+    help="Spread a model bigger than one device over the GPUs, then CPU and disk (selective pruning, evaluation).",
+)
 @click.option("--seq-len", type=int, help=f"Tokens per chunk (default {DEFAULTS.seq_len}).")
 @click.option(
     "--stats-tokens", type=int, help=f"Tokens per corpus for the method's statistics (default {DEFAULTS.stats_tokens})."
@@ -217,7 +231,10 @@ def _set(d: dict, key: str, value) -> None:
 @click.option(
     "--skip-k", type=int, help=f"Skip-k accuracy ignores the k most frequent tokens (default {DEFAULTS.skip_k})."
 )
-@click.option("--batch-size", type=int, help=f"Chunks per forward pass (default {DEFAULTS.batch_size}).")
+@click.option(
+    "--batch-size",
+    help=f"Chunks per forward pass (default {DEFAULTS.batch_size}), or auto: the largest that fits in memory.",
+)
 @click.option("--seed", type=int, help=f"Seed for the choice of chunks (default {DEFAULTS.seed}).")
 @click.option("--out", "out_dir", help="Folder that receives run folders (default runs).")
 @click.option("--name", help="Run folder name (default: timestamp-method).")
@@ -281,6 +298,7 @@ def run(
     budgets,
     dtype,
     device,
+    device_map,
     seq_len,
     stats_tokens,
     eval_tokens,
@@ -315,12 +333,13 @@ def run(
         ("method", method),
         ("dtype", dtype),
         ("device", device),
+        ("device_map", device_map),
         ("seq_len", seq_len),
         ("stats_tokens", stats_tokens),
         ("eval_tokens", eval_tokens),
         ("val_tokens", val_tokens),
         ("skip_k", skip_k),
-        ("batch_size", batch_size),
+        ("batch_size", _int_or_auto(batch_size, "--batch-size")),
         ("seed", seed),
         ("out_dir", out_dir),
         ("name", name),

@@ -81,6 +81,11 @@ class RunConfig(BaseModel):
     model: str = Field("smollm2-135m", description="alias, checkpoint directory, .gguf file or hub id")
     dtype: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
     device: str = "auto"
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
+        None,
+        description="spread a model bigger than one device over the GPUs, CPU and disk (selective pruning and "
+        "evaluation; trained methods shard with FSDP / DeepSpeed through --launcher accelerate instead)",
+    )
     forget: DataConfig = Field(default_factory=lambda: DataConfig(source="python-stdlib"))
     retain: DataConfig = Field(default_factory=lambda: DataConfig(source="english-prose"))
     method: str = "selective-pruning"
@@ -94,7 +99,18 @@ class RunConfig(BaseModel):
         description="tokens per corpus held out for budgeted stopping (disjoint "
         "from evaluation and statistics; 0 = none)",
     )
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | Literal["auto"] = Field(
+        8,
+        description="chunks per forward pass for statistics and evaluation; auto: the largest power of two (up to "
+        "64) whose estimated peak memory fits in the available memory",
+    )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _positive_batch(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("batch_size must be at least 1 (or auto)")
+        return v
     skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
     stop: StopConfig = Field(default_factory=StopConfig)
     evals: list[EvalSpec] = Field(default_factory=list, description="suites evaluated before and after unlearning")

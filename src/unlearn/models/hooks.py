@@ -261,16 +261,26 @@ def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation):
         if not mask.any():
             continue
         module = adapter.out_proj(model, layer, kind)
-        dtype, device = module.weight.dtype, module.weight.device
-        keep = (~mask).to(dtype=dtype, device=device)
-        fill = (ablation.fill[(kind, layer)] * mask).to(dtype=dtype, device=device)
-        handles.append(
-            module.register_forward_pre_hook(
-                lambda _m, args, keep=keep, fill=fill: (args[0] * keep + fill,) + tuple(args[1:])
-            )
-        )
+        keep, fill = ~mask, ablation.fill[(kind, layer)] * mask
+        handles.append(module.register_forward_pre_hook(_ablate(keep, fill)))
     try:
         yield model
     finally:
         for h in handles:
             h.remove()
+
+
+def _ablate(keep: torch.Tensor, fill: torch.Tensor):
+    """The pre-hook x ← keep·x + fill, with keep and fill cast once to the input's device and dtype (a model spread
+    over devices by a device map hands a module its input before moving it, so the weight's device can differ)."""
+    cast: dict = {}
+
+    def hook(_module, args):
+        x = args[0]
+        key = (x.device, x.dtype)
+        if key not in cast:
+            cast[key] = (keep.to(device=x.device, dtype=x.dtype), fill.to(device=x.device, dtype=x.dtype))
+        k, f = cast[key]
+        return (x * k + f,) + tuple(args[1:])
+
+    return hook

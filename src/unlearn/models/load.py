@@ -182,11 +182,18 @@ def quiet_transformers() -> None:
     hub_logging.set_verbosity_error()  # "Retrying in 1s", "Could not reach the Hub": one error line says it all
 
 
-def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None) -> LoadedModel:
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, device_map=None) -> LoadedModel:
     """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache).
 
-    ``log(message)``, if given, is told about slow one-off work (GGUF conversion).
+    ``log(message)``, if given, is told about slow one-off work (GGUF conversion). ``device_map`` (``auto``,
+    ``balanced``, ``sequential``) spreads a model too big for one device over all GPUs, then the CPU and disk
+    (Accelerate's big-model inference), for statistics and evaluation; ``device`` is then where inputs go.
     """
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise UnlearnError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAPS)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
@@ -203,10 +210,15 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None) -
     except Exception as exc:  # noqa: BLE001 - transformers, tokenizers and the hub client raise anything
         raise (_tokenizer_error(spec, Path(source), exc) if local else _hub_error(spec, exc)) from exc
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype])
+        placed = {"device_map": device_map} if device_map else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placed)
     except Exception as exc:  # noqa: BLE001 - transformers, safetensors and the hub client raise anything
         raise (_local_error(spec, Path(source), exc) if local else _hub_error(spec, exc)) from exc
-    model.to(device).eval()
+    if device_map:  # already placed; inputs go where the embedding is
+        device = str(model.get_input_embeddings().weight.device)
+        model.eval()
+    else:
+        model.to(device).eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, spec, source, dtype, device)
 

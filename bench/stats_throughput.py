@@ -3,8 +3,9 @@ matrix-multiply roofline.
 
 Prints one JSON object. Selective pruning only needs the decoder body (no LM head), so the fair baseline is a
 plain forward of the body; a full forward with logits is reported too. The passes are interleaved over the same
-token chunks after one warm-up; ``statistics_vs_forward_body`` is the median over ``--repeats`` rounds of the
-per-round ratio (robust to a busy machine), and the tokens/s figures are each pass's best.
+token chunks — batch by batch, the order rotating — after one warm-up; ``statistics_vs_forward_body`` is the
+median over ``--repeats`` rounds of the per-round ratio (robust to a busy machine), and the tokens/s figures
+are each pass's best round.
 
 Roofline: the body's matrix-multiply work per token (2 × non-embedding parameters, plus the attention scores and
 weighted sums, 2 × 2 × layers × hidden × seq_len / 2 for causal attention) times the tokens/s, as a fraction of
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from unlearn.data.chunking import build_corpus
+from unlearn.data.chunking import TokenSplit, build_corpus
 from unlearn.data.sources import DataSpec
 from unlearn.models.adapters import adapter_for
 from unlearn.models.hooks import IMPORTANCE, body, collect_statistics
@@ -64,26 +65,33 @@ def main() -> None:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     needs = IMPORTANCE + ("mean",) if args.importance == "all" else tuple(args.importance.split(","))
 
+    batches = [TokenSplit(ids, special) for ids, special in split.batches(args.batch_size)]
+
     @torch.inference_mode()
-    def forward(full: bool):
-        net = model if full else body(model)
-        for ids, _ in split.batches(args.batch_size):
-            net(input_ids=ids, use_cache=False)
+    def forward(full: bool, batch: TokenSplit):
+        (model if full else body(model))(input_ids=batch.input_ids, use_cache=False)
 
-    def stats():
-        collect_statistics(model, adapter, split, batch_size=args.batch_size, kinds=kinds, needs=needs)
+    def stats(batch: TokenSplit):
+        collect_statistics(model, adapter, batch, batch_size=args.batch_size, kinds=kinds, needs=needs)
 
-    # interleave the three measurements so that drifting machine load hits them alike; keep each one's best
+    # Interleave at the finest grain — body, statistics and full forward on each batch in turn, the order rotating
+    # — so that drifting load on a shared machine hits all three alike. Per round: total time of each.
     timings = {"body": [], "full": [], "stats": []}
     dtype = next(model.parameters()).dtype
-    fns = {"body": lambda: forward(False), "full": lambda: forward(True), "stats": stats}
+    fns = {"body": lambda b: forward(False, b), "stats": stats, "full": lambda b: forward(True, b)}
     for fn in fns.values():
-        fn()  # warm-up
+        fn(batches[0])  # warm-up
+    order = list(fns)
     for _ in range(args.repeats):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            timings[key].append(time.perf_counter() - start)
+        spent = dict.fromkeys(fns, 0.0)
+        for batch in batches:
+            for key in order:
+                start = time.perf_counter()
+                fns[key](batch)
+                spent[key] += time.perf_counter() - start
+            order = order[1:] + order[:1]
+        for key, value in spent.items():
+            timings[key].append(value)
     t_body, t_full, t_stats = (min(timings[k]) for k in ("body", "full", "stats"))
     ratios = sorted(b / st for b, st in zip(timings["body"], timings["stats"]))
     n = split.n_tokens

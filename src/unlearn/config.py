@@ -111,6 +111,7 @@ class RunConfig(BaseModel):
         if v != "auto" and v < 1:
             raise ValueError("batch_size must be at least 1 (or auto)")
         return v
+
     skip_k: int = Field(50, ge=0, description="skip-k accuracy ignores the k most frequent tokens")
     stop: StopConfig = Field(default_factory=StopConfig)
     evals: list[EvalSpec] = Field(default_factory=list, description="suites evaluated before and after unlearning")

@@ -250,3 +250,23 @@ def run_tiny(tmp_path, tiny_checkpoint, text_files):
         return unlearn.run({**cfg, **overrides})
 
     return run
+
+
+def small_run_config(model, code, prose, out, **extra) -> dict:
+    """An ``unlearn.run`` config for a tiny model on small budgets (fp32 on the CPU, no report); ``extra``
+    overrides or adds settings."""
+    return {
+        "model": str(model),
+        "forget": {"source": str(code)},
+        "retain": {"source": str(prose)},
+        "seq_len": 32,
+        "stats_tokens": 512,
+        "eval_tokens": 256,
+        "val_tokens": 0,
+        "batch_size": 4,
+        "dtype": "fp32",
+        "device": "cpu",
+        "out_dir": str(out),
+        "report": False,
+        **extra,
+    }

@@ -13,27 +13,14 @@ import pytest
 import torch
 
 import unlearn
+from conftest import small_run_config
 from unlearn import distributed
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _config(model, code, prose, out, **extra) -> dict:
-    return {
-        "model": str(model),
-        "forget": {"source": str(code)},
-        "retain": {"source": str(prose)},
-        "seq_len": 32,
-        "stats_tokens": 1024,
-        "eval_tokens": 512,
-        "val_tokens": 0,
-        "batch_size": 4,
-        "dtype": "fp32",
-        "device": "cpu",
-        "out_dir": str(out),
-        "report": False,
-        **extra,
-    }
+    return small_run_config(model, code, prose, out, stats_tokens=1024, eval_tokens=512, **extra)
 
 
 def _single(cfg: dict):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import unlearn
+from conftest import small_run_config
 from unlearn.report.ledger import read_manifest, verify_run
 
 PRUNING = {"method_config": {"ff_frac": 0.05, "attn_frac": 0.05, "steps": 5}}
@@ -24,21 +25,7 @@ TRAINING = {"method": "graddiff", "method_config": {"steps": 6, "lr": 1e-3, "bat
 
 
 def _config(model, code, prose, out, **extra) -> dict:
-    return {
-        "model": str(model),
-        "forget": {"source": str(code)},
-        "retain": {"source": str(prose)},
-        "seq_len": 32,
-        "stats_tokens": 512,
-        "eval_tokens": 256,
-        "val_tokens": 0,
-        "batch_size": 4,
-        "dtype": "fp32",
-        "device": "cpu",
-        "out_dir": str(out),
-        "report": False,
-        **extra,
-    }
+    return small_run_config(model, code, prose, out, **extra)
 
 
 def _same_result(a: Path, b: Path) -> None:

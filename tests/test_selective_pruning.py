@@ -505,3 +505,52 @@ def test_mean_ablation_unsupported_family_fails_early(setup, tiny_checkpoint):
     with pytest.raises(UnlearnError, match="mean ablation needs a bias on the MLP output projection"):
         setup["run"]("m", {"ff_frac": 0.1, "ablation": "mean"}, model=str(tiny_checkpoint("mistral")))
     assert not setup["out"].exists() or list(setup["out"].iterdir()) == []
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_prune_then_heal_keeps_pruned_neurons_pruned(setup, ablation):
+    """Healing trains on retain with the pruned neurons held at their ablated value: their output-projection
+    columns get no gradient (zero ablation: they stay exactly 0 in the saved model), the same neurons are
+    pruned as without healing, and the retain loss goes down from where pruning left it."""
+    mc = {"ff_frac": 0.2, "steps": 2, "ablation": ablation}
+    plain = setup["run"]("plain-" + ablation, mc)
+    healed = setup["run"]("healed-" + ablation, {**mc, "heal_steps": 8, "heal_lr": 3e-3})
+    assert (healed.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
+    assert len(healed.metrics["train_log"]) == 8 and "healed 8 steps" in healed.metrics["stop_reason"]
+    before_heal = healed.manifest["method_facts"]["before_heal"]
+    assert before_heal["retain"]["loss"] == pytest.approx(plain.after["retain"]["loss"])
+    assert healed.after["retain"]["loss"] < before_heal["retain"]["loss"]
+    model = _plain(healed.run_dir / "model")
+    down = model.model.layers[0].mlp.down_proj.weight
+    original = _plain(setup["ckpt"]).model.layers[0].mlp.down_proj.weight
+    pruned = json.loads((healed.run_dir / "pruned_neurons.json").read_text())["ff"].get("0", [])
+    kept = [i for i in range(down.shape[1]) if i not in pruned]
+    assert pruned and not torch.equal(down[:, kept], original[:, kept])  # the other weights trained
+    if ablation == "zero":
+        assert torch.count_nonzero(down[:, pruned]) == 0
+
+
+def test_presets_set_the_method_and_explicit_settings_win(setup):
+    from unlearn.methods.presets import PRESETS
+
+    run = setup["run"]("preset", {"steps": 1, "heal_steps": 2, "ff_frac": 0.2}, preset="prune-heal")
+    mc = run.config.method_config
+    assert run.config.preset == "prune-heal" and run.config.method == "selective-pruning"
+    assert mc["steps"] == 1 and mc["heal_steps"] == 2 and mc["ff_frac"] == 0.2  # given explicitly
+    assert mc["heal_lr"] == PRESETS["prune-heal"]["method_config"]["heal_lr"]  # from the preset
+    with pytest.raises(unlearn.UnlearnError, match="unknown preset"):
+        setup["run"]("nope", {"steps": 1}, preset="nope")
+    with pytest.raises(unlearn.UnlearnError, match="drop --method npo"):
+        unlearn.run({"preset": "paper", "method": "npo"})
+
+
+def test_eval_source_reports_on_held_out_files(setup, tmp_path):
+    """With eval_source the reported chunks come from other files than the statistics."""
+    held = tmp_path / "held.txt"
+    held.write_text(setup["prose"].read_text(encoding="utf-8")[::-1], encoding="utf-8")  # other text
+    run = setup["run"]("held", {"steps": 1}, retain={"source": str(setup["prose"]), "eval_source": str(held)})
+    plain = setup["run"]("plain", {"steps": 1})
+    assert run.manifest["data"]["retain"]["eval_source"] == str(held)
+    assert run.before["retain"] != plain.before["retain"] and run.before["forget"] == plain.before["forget"]
+    with pytest.raises(unlearn.UnlearnError, match="data not found"):
+        setup["run"]("missing", {"steps": 1}, retain={"source": str(setup["prose"]), "eval_source": "nope.txt"})

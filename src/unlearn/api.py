@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -183,6 +184,8 @@ def coerce_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
 
 def _check_data_exists(data: DataConfig) -> None:
     """Fail fast (before loading a model) on a missing local file, folder or glob, or malformed QA records."""
+    if data.eval_source and data.eval_source not in BUILTIN:
+        next(iter_documents(data.eval_spec()), None)
     spec = data.spec()
     if spec.source in BUILTIN or spec.source.startswith("hf:"):
         return
@@ -218,18 +221,22 @@ def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[C
             if data.format == "qa":
                 out.append(_qa_corpus(which, data, loaded.tokenizer, cfg))
                 continue
-            out.append(
-                build_corpus(
-                    which,
-                    data.spec(),
-                    loaded.tokenizer,
-                    seq_len=cfg.seq_len,
-                    eval_tokens=cfg.eval_tokens,
-                    stats_tokens=cfg.stats_tokens,
-                    seed=cfg.seed,
-                    val_tokens=cfg.val_tokens,
-                )
+            corpus = build_corpus(
+                which,
+                data.spec(),
+                loaded.tokenizer,
+                seq_len=cfg.seq_len,
+                eval_tokens=0 if data.eval_source else cfg.eval_tokens,
+                stats_tokens=cfg.stats_tokens,
+                seed=cfg.seed,
+                val_tokens=cfg.val_tokens,
             )
+            if data.eval_source:  # report on held-out text: other files than the method sees
+                held = _eval_chunks(which, data, loaded.tokenizer, cfg)
+                seen = [held, corpus.stats] + ([corpus.val] if corpus.val is not None else [])
+                both = torch.cat([split.input_ids for split in seen])
+                corpus = dataclasses.replace(corpus, eval=held, sha256=tokens_sha256(both))
+            out.append(corpus)
     return out[0], out[1]
 
 
@@ -417,6 +424,7 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
             "data": {
                 c.name: {
                     "source": c.spec.describe(),
+                    "eval_source": getattr(cfg, c.name).eval_source,
                     "sha256_tokens": c.sha256,
                     "sha256_eval_tokens": _tokens_sha256(c.eval),
                     "segments": c.n_segments,
@@ -454,6 +462,12 @@ def _validated(config, resuming: bool = False) -> tuple[RunConfig, dict | None, 
     """Every check that needs no model: the config, the method's settings, the data, the evaluation suites, the
     run folder and a ``--from`` parent. Returns the resolved config, the parent, the method and its config."""
     cfg, parent = _parent_run(coerce_config(config))  # a sequential request: verified parent, its model
+    if cfg.preset is not None:
+        from .methods.presets import apply_preset
+
+        given = cfg.method if "method" in cfg.model_fields_set else None
+        name, settings = apply_preset(cfg.preset, given, cfg.method_config)
+        cfg = cfg.model_copy(update={"method": name, "method_config": settings})
     method = get_method(cfg.method)
     method_cfg = method.make_config(cfg.method_config)
     if not method.budget and cfg.stop.active:
@@ -646,8 +660,9 @@ def _eval_chunks(which: str, data: DataConfig, tokenizer, cfg: RunConfig):
     """The evaluation split a run with ``cfg`` measured on ``data`` (the first chunks; nothing else tokenised)."""
     if data.format == "qa":
         return _qa_corpus(which, data, tokenizer, cfg.model_copy(update={"stats_tokens": 0, "val_tokens": 0})).eval
+    spec = data.eval_spec() or data.spec()
     corpus = build_corpus(
-        which, data.spec(), tokenizer, seq_len=cfg.seq_len, eval_tokens=cfg.eval_tokens, stats_tokens=0, seed=cfg.seed
+        which, spec, tokenizer, seq_len=cfg.seq_len, eval_tokens=cfg.eval_tokens, stats_tokens=0, seed=cfg.seed
     )
     return corpus.eval
 

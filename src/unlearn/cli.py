@@ -151,6 +151,11 @@ def _set(d: dict, key: str, value) -> None:
 @click.option("--retain-format", type=click.Choice(["text", "qa"]), help="Like --forget-format, for retain data.")
 @click.option("--method", help="Unlearning method (default selective-pruning); see `unlearn methods`.")
 @click.option(
+    "--preset",
+    help="A named method configuration: paper (the published selective pruning) or prune-heal (prune, then "
+    "heal on retain); flags such as --steps or --set override it. See `unlearn methods`.",
+)
+@click.option(
     "--set",
     "method_params",
     multiple=True,
@@ -283,6 +288,7 @@ def run(
     forget_format,
     retain_format,
     method,
+    preset,
     method_params,
     importance,
     ff_frac,
@@ -331,6 +337,7 @@ def run(
         ("model", model),
         ("from_run", from_run),
         ("method", method),
+        ("preset", preset),
         ("dtype", dtype),
         ("device", device),
         ("device_map", device_map),
@@ -798,10 +805,17 @@ def suites_cmd(as_json):
 @main.command("methods")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def methods_cmd(as_json):
-    """List the registered unlearning methods and their parameters (defaults and meaning)."""
+    """List the registered unlearning methods and their parameters (defaults and meaning), then the presets."""
     from . import api
+    from .methods.presets import PRESETS
 
     _print_registry(api.methods(), "parameters", as_json)
+    if as_json:
+        return
+    click.echo("\npresets (--preset NAME):")
+    for name, preset in PRESETS.items():
+        settings = ", ".join(f"{k}={v}" for k, v in preset["method_config"].items())
+        click.echo(f"  {name}: {preset['summary']}\n    {preset['method']}: {settings}")
 
 
 @main.command("ledger")

@@ -25,9 +25,23 @@ class DataConfig(BaseModel):
     )
     hf_config: str | None = None
     hf_split: str = "train"
+    eval_source: str | None = Field(
+        None,
+        description="held-out text to report metrics on (file, folder, glob or built-in; same fields): then "
+        "source serves only the method's statistics/training and the validation chunks",
+    )
 
     def spec(self) -> DataSpec:
         return DataSpec(self.source, tuple(self.fields), self.hf_config, self.hf_split)
+
+    def eval_spec(self) -> DataSpec | None:
+        return DataSpec(self.eval_source, tuple(self.fields)) if self.eval_source else None
+
+    @model_validator(mode="after")
+    def _eval_source_for_text(self):
+        if self.eval_source is not None and self.format != "text":
+            raise ValueError("eval_source is for text corpora (QA data is split by record)")
+        return self
 
     @field_validator("fields")
     @classmethod
@@ -89,6 +103,9 @@ class RunConfig(BaseModel):
     forget: DataConfig = Field(default_factory=lambda: DataConfig(source="python-stdlib"))
     retain: DataConfig = Field(default_factory=lambda: DataConfig(source="english-prose"))
     method: str = "selective-pruning"
+    preset: str | None = Field(
+        None, description="a named method configuration (see unlearn methods); explicit method_config entries win"
+    )
     method_config: dict = Field(default_factory=dict, description="parameters of the method (see unlearn methods)")
     seq_len: int = Field(256, ge=8, le=32768, description="tokens per chunk")
     stats_tokens: int = Field(16384, ge=1, description="tokens per corpus for the method's statistics/training")

@@ -33,6 +33,15 @@ class SelectivePruningConfig(BaseModel):
     eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for feed-forward neurons")
     eps_attn: float = Field(1e-4, gt=0, description="eps in I_forget / (I_retain + eps) for attention neurons")
     recollect: bool = Field(True, description="re-collect statistics on the pruned model before every step")
+    heal_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="after pruning, optimizer steps of next-token training on the retain statistics chunks with "
+        "the pruned neurons held at their ablated value (prune-then-heal; 0 = off)",
+    )
+    heal_lr: float = Field(2e-5, gt=0, lt=1, description="learning rate of the healing steps (AdamW)")
+    heal_batch_size: int = Field(4, ge=1, description="retain chunks per healing step")
 
     @model_validator(mode="after")
     def _something_to_prune(self):
@@ -165,4 +174,34 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
             break
         if step < cfg.steps and hasattr(ctx, "save_checkpoint"):
             ctx.save_checkpoint({"ablation": ablation, "steps": steps, "current": current})
-    return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
+    if not cfg.heal_steps:
+        return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
+    healed = heal(ctx, ablation, cfg)
+    stop_reason += f"; healed {cfg.heal_steps} steps on retain"
+    return MethodResult(
+        ablation=ablation,
+        steps=steps,
+        stop_reason=stop_reason,
+        model=healed.model,
+        log=healed.log,
+        extra={"heal_seconds": healed.extra["train_seconds"], "before_heal": current},
+    )
+
+
+def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig) -> MethodResult:
+    """Prune-then-heal: train the model on the retain statistics chunks (next-token loss) with ``ablation``
+    applied. A pruned neuron's input to its output projection stays at its ablated value (0, or the constant
+    retain mean), so that projection's column gets no gradient: the pruned neurons stay pruned, and the other
+    weights relearn what the retain data lost with them. Returns the training result (the model, float32)."""
+    from ..models.hooks import ablated
+    from . import losses
+    from .training import TrainConfig, context_view, train
+
+    def loss(model, _forget, retain, _reference):
+        logits = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"], use_cache=False).logits
+        return losses.nll(logits, retain["labels"]), {}
+
+    tcfg = TrainConfig(steps=cfg.heal_steps, lr=cfg.heal_lr, batch_size=cfg.heal_batch_size)
+    view = context_view(ctx, save_checkpoint=None, resumed=None)  # healing is short: it restarts on --resume
+    with ablated(ctx.model, ctx.adapter, ablation):
+        return train(view, tcfg, loss)

@@ -1,0 +1,162 @@
+"""Efficacy: how much forget accuracy each variant removes for how much retain damage, on held-out files.
+
+Prints one JSON object and writes, into ``--out``: every variant's run folder, a comparison report of all of
+them (``report/report.html``: the trade-off curves overlaid) and ``pareto.svg`` (forget top-1 drop against
+retain top-1 drop after every step, one line per variant).
+
+Data (nothing the methods see is evaluated on):
+
+* **forget**: the running Python's standard library, top-level modules sorted by name; the even-numbered ones
+  feed the statistics and training (``forget-train.txt``), the odd-numbered ones are evaluated
+  (``forget-eval.txt``): code the method never saw;
+* **retain**: ``../shared/data/text/wikitext2_test.txt`` and ``tinyshakespeare.txt``, each cut in two at a line
+  break: the first halves feed the statistics and training, the second halves are evaluated — together for the
+  per-step curves, and each alone for the final numbers (two retain corpora).
+
+Variants (``--variants``, comma-separated):
+
+* ``paper``: the published algorithm (Pochinkov & Schoots 2024; taker's defaults): ``abs`` importance,
+  feed-forward neurons only, 2 % per step, zero ablation;
+* ``default``: this project's default schedule (``rms``, 0.5 % feed-forward + 0.5 % attention per step);
+* ``prune-heal``: the ``prune-heal`` preset: ``rms``, 1 % + 1 % per step, then healing steps of next-token
+  training on the retain statistics chunks with the pruned neurons held pruned.
+
+    python bench/efficacy.py --out /tmp/efficacy                     # every variant (~15 min on 2 cores)
+    python bench/efficacy.py --variants paper --steps 3 --out /tmp/e
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import unlearn
+from unlearn.methods.presets import PRESETS
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
+
+VARIANTS = {
+    "paper": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4},
+    "default": {"steps": 10},
+    "prune-heal": dict(PRESETS["prune-heal"]["method_config"]),
+}
+
+
+def write_data(folder: Path, shared: Path) -> dict[str, Path]:
+    """The held-out split of every corpus, as files (see the module docstring)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    modules = sorted(p for p in lib.glob("*.py") if not p.name.startswith("_"))
+    parts = {"forget-train.txt": modules[0::2], "forget-eval.txt": modules[1::2]}
+    files = {}
+    for name, paths in parts.items():
+        files[name] = folder / name
+        files[name].write_text("\n\n".join(p.read_text(encoding="utf-8") for p in paths), encoding="utf-8")
+    (folder / "retain-eval").mkdir(exist_ok=True)
+    train = []
+    for source in ("wikitext2_test.txt", "tinyshakespeare.txt"):
+        text = (shared / source).read_text(encoding="utf-8")
+        cut = text.index("\n", len(text) // 2) + 1
+        train.append(text[:cut])
+        files[source] = folder / "retain-eval" / source
+        files[source].write_text(text[cut:], encoding="utf-8")
+    files["retain-train.txt"] = folder / "retain-train.txt"
+    files["retain-train.txt"].write_text("\n\n".join(train), encoding="utf-8")
+    return files
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--out", required=True, help="folder for the data, the runs, the report and the plot")
+    ap.add_argument("--steps", type=int, help="override every variant's number of pruning steps")
+    ap.add_argument("--stats-tokens", type=int, default=10240)
+    ap.add_argument("--eval-tokens", type=int, default=10240)
+    ap.add_argument("--shared", default=str(SHARED), help="folder with wikitext2_test.txt and tinyshakespeare.txt")
+    args = ap.parse_args()
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
+    out = Path(args.out)
+    files = write_data(out / "data", Path(args.shared))
+    evaluated = [files["forget-eval.txt"], files["wikitext2_test.txt"], files["tinyshakespeare.txt"]]
+    base = {
+        "forget": {"source": str(files["forget-train.txt"]), "eval_source": str(files["forget-eval.txt"])},
+        "retain": {"source": str(files["retain-train.txt"]), "eval_source": str(out / "data" / "retain-eval")},
+        "stats_tokens": args.stats_tokens,
+        "eval_tokens": args.eval_tokens,
+        "out_dir": str(out / "runs"),
+    }
+    original = unlearn.evaluate("smollm2-135m", [str(p) for p in evaluated], eval_tokens=args.eval_tokens)
+    results = {}
+    for name in names:
+        method = dict(VARIANTS[name], **({"steps": args.steps} if args.steps else {}))
+        start = time.perf_counter()
+        run = unlearn.run({**base, "name": name, "method_config": method})
+        after = unlearn.evaluate(str(run.run_dir / "model"), [str(p) for p in evaluated], eval_tokens=args.eval_tokens)
+        drops = {p.name: round(1 - after[str(p)]["top1"] / original[str(p)]["top1"], 4) for p in evaluated}
+        results[name] = {
+            "method_config": method,
+            "run_dir": str(run.run_dir),
+            "seconds": round(time.perf_counter() - start, 1),
+            "curve": [
+                {"step": s["step"], "forget_drop": s["forget_drop"]["top1"], "retain_drop": s["retain_drop"]["top1"]}
+                for s in run.metrics["steps"]
+                if "forget_drop" in s
+            ],
+            "final_top1_drop": drops,
+            "final_run_drops": {w: run.after[f"{w}_drop"]["top1"] for w in ("forget", "retain")},
+        }
+        print(f"{name}: {drops}", file=sys.stderr, flush=True)
+    report = unlearn.report([r["run_dir"] for r in results.values()], out=out / "report")
+    plot = pareto(results, out / "pareto.svg")
+    print(
+        json.dumps(
+            {
+                "original_top1": {Path(k).name: round(v["top1"], 4) for k, v in original.items()},
+                "variants": results,
+                "report": str(report["html"]),
+                "pareto_plot": str(plot),
+                "goal": "forget drop >= 0.80 at retain drop <= 0.05 on both retain corpora",
+            },
+            indent=2,
+        )
+    )
+
+
+def pareto(results: dict, path: Path) -> Path:
+    """Forget drop against retain drop after every step, one line per variant; the final model's point on each
+    retain corpus marked separately."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, r in results.items():
+        xs = [0.0] + [c["retain_drop"] for c in r["curve"]]
+        ys = [0.0] + [c["forget_drop"] for c in r["curve"]]
+        (line,) = ax.plot(xs, ys, marker="o", label=f"{name} (per step, both retain corpora)")
+        final = r["final_top1_drop"]
+        for corpus, marker in (("wikitext2_test.txt", "s"), ("tinyshakespeare.txt", "^")):
+            ax.scatter(final[corpus], final["forget-eval.txt"], marker=marker, color=line.get_color(), s=60)
+    ax.axvline(0.05, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(0.80, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("retain top-1 relative drop (held-out prose; ■ wikitext, ▲ shakespeare: final)")
+    ax.set_ylabel("forget top-1 relative drop (unseen stdlib modules)")
+    ax.set_title("forget vs retain damage (goal: top left of the dotted lines)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Named configurations of a method (``unlearn run --preset NAME``), measured in ``bench/efficacy.py``.
+
+A preset sets ``method`` and ``method_config``; settings given explicitly (flags, a config file or the dict
+passed to :func:`unlearn.run`) override the preset's.
+"""
+
+from __future__ import annotations
+
+from ..errors import UnlearnError
+
+PRESETS: dict[str, dict] = {
+    "paper": {
+        "summary": "the published selective pruning (Pochinkov & Schoots 2024): abs importance, 2 % of the "
+        "feed-forward neurons per step, zero ablation",
+        "method": "selective-pruning",
+        "method_config": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4},
+    },
+    "prune-heal": {
+        "summary": "prune 8 % of the feed-forward and attention neurons (rms, 1 % + 1 % per step), then heal: "
+        "100 steps of next-token training on the retain data with the pruned neurons held pruned",
+        "method": "selective-pruning",
+        "method_config": {
+            "importance": "rms",
+            "ff_frac": 0.01,
+            "attn_frac": 0.01,
+            "steps": 8,
+            "heal_steps": 100,
+            "heal_lr": 2e-5,
+        },
+    },
+}
+
+
+def apply_preset(name: str, method: str | None, method_config: dict) -> tuple[str, dict]:
+    """The method and method settings of preset ``name``, with ``method_config`` (explicit settings) on top."""
+    if name not in PRESETS:
+        raise UnlearnError(f"unknown preset {name!r}: use {', '.join(sorted(PRESETS))}")
+    preset = PRESETS[name]
+    if method is not None and method != preset["method"]:
+        raise UnlearnError(f"preset {name} is a {preset['method']} preset: drop --method {method}")
+    return preset["method"], {**preset["method_config"], **method_config}

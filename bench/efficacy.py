@@ -40,7 +40,7 @@ from unlearn.methods.presets import PRESETS
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
 VARIANTS = {
-    "paper": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4},
+    "paper": dict(PRESETS["paper"]["method_config"]),
     "default": {"steps": 10},
     "prune-heal": dict(PRESETS["prune-heal"]["method_config"]),
 }

@@ -50,18 +50,8 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    loaded = load_model(args.model, args.dtype, "cpu")
+    loaded, split = model_and_chunks(args.model, args.dtype, args.data, args.tokens, args.seq_len)
     model, adapter = loaded.model, adapter_for(loaded.model)
-    corpus = build_corpus(
-        "bench",
-        DataSpec(args.data),
-        loaded.tokenizer,
-        seq_len=args.seq_len,
-        eval_tokens=args.tokens,
-        stats_tokens=0,
-        seed=0,
-    )
-    split = corpus.eval
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     needs = IMPORTANCE + ("mean",) if args.importance == "all" else tuple(args.importance.split(","))
 
@@ -125,6 +115,15 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def model_and_chunks(model: str, dtype: str, data: str, tokens: int, seq_len: int):
+    """The model on the CPU and the first ``tokens`` of ``data`` in chunks of ``seq_len`` (what benchmarks time)."""
+    loaded = load_model(model, dtype, "cpu")
+    corpus = build_corpus(
+        "bench", DataSpec(data), loaded.tokenizer, seq_len=seq_len, eval_tokens=tokens, stats_tokens=0, seed=0
+    )
+    return loaded, corpus.eval
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:

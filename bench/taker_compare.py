@@ -302,11 +302,11 @@ def main() -> None:
     import torch
     import transformers
 
-    from unlearn.data.chunking import TokenSplit, build_corpus
-    from unlearn.data.sources import DataSpec
+    from stats_throughput import model_and_chunks  # the same model and chunks as the statistics benchmark
+    from unlearn.data.chunking import TokenSplit
     from unlearn.models.adapters import adapter_for
     from unlearn.models.hooks import IMPORTANCE, body, collect_statistics
-    from unlearn.models.load import cache_dir, load_model
+    from unlearn.models.load import cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -337,18 +337,8 @@ def main() -> None:
     pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
     python = ensure_venv(venv, pins + [f"taker=={TAKER_VERSION}"])
 
-    loaded = load_model(args.model, args.dtype, "cpu")
+    loaded, split = model_and_chunks(args.model, args.dtype, args.data, args.tokens, args.seq_len)
     model, adapter = loaded.model, adapter_for(loaded.model)
-    corpus = build_corpus(
-        "bench",
-        DataSpec(args.data),
-        loaded.tokenizer,
-        seq_len=args.seq_len,
-        eval_tokens=args.tokens,
-        stats_tokens=0,
-        seed=0,
-    )
-    split = corpus.eval
     n = split.n_tokens
 
     with tempfile.TemporaryDirectory(prefix="taker-compare-") as tmp:

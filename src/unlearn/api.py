@@ -318,7 +318,7 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
         cfg = cfg.model_copy(update={"batch_size": auto_batch_size(loaded.model, cfg.seq_len, mode="forward")})
         reporter.log(f"batch size auto: {cfg.batch_size} chunks of {cfg.seq_len} tokens")
         if main and folder.tmp is not None:
-            folder.write_yaml("config.yaml", {**cfg.model_dump(), "name": folder.name})
+            folder.write_config(cfg.model_dump())
     if getattr(method_cfg, "ablation", None) == "mean":
         check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
     timings["load_model"] = time.perf_counter() - start
@@ -443,7 +443,7 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
         if main:
-            folder.write_yaml("config.yaml", {**cfg.model_dump(), "name": folder.name})
+            folder.write_config(cfg.model_dump())
             folder.write_json("metrics.json", metrics)
             folder.write_json("pruned_neurons.json", ablation.indices())
             manifest["files"] = _run_file_hashes(folder)  # manifest.json itself is written last
@@ -517,13 +517,15 @@ def launch(
         _check_accelerate_config(Path(accelerate_config))
     if distributed.launched():
         raise UnlearnError("already inside a multi-process launch: call run(), not launch()")
-    name = cfg.name or _free_name(Path(cfg.out_dir), time.strftime("%Y%m%d-%H%M%S") + f"-{method.name}")
+    name = RunFolder(cfg.out_dir, cfg.name, method.name).free_name()  # fixed here: the processes must agree
     cfg = cfg.model_copy(update={"name": name})
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1"]
     if accelerate_config is not None:
         cmd += ["--config_file", str(accelerate_config)]
     else:  # torchrun-style local processes; each joins over gloo on CPUs or NCCL on GPUs (distributed.setup)
-        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"] + (["--multi_gpu"] if num_processes > 1 else [])
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"] + (
+            ["--multi_gpu"] if (num_processes or 1) > 1 else []
+        )
     if num_processes is not None:
         cmd += ["--num_processes", str(num_processes)]
     with tempfile.TemporaryDirectory(prefix="unlearn-launch-") as tmp:
@@ -595,13 +597,6 @@ def _run_launcher(cmd: list[str], env: dict) -> tuple[int, list[str]]:
     finally:
         code = proc.wait()
     return code, errors
-
-
-def _free_name(out_dir: Path, name: str) -> str:
-    n, free = 2, name
-    while (out_dir / free).exists():
-        free, n = f"{name}-{n}", n + 1
-    return free
 
 
 def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:

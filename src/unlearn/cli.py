@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from .config import RunConfig, parse_config
+from .config import DEVICE_MAPS, RunConfig
 from .errors import ENVIRONMENT, UnlearnError, from_os_error
 from .methods.selective_pruning import SelectivePruningConfig
 
@@ -63,25 +63,32 @@ def _fail_os(exc: OSError) -> None:
     _fail(str(from_os_error(exc)))
 
 
+@contextlib.contextmanager
+def _one_line_errors():
+    """Usage errors, UnlearnError, a full disk or a forbidden path, Ctrl-C: one line and exit code 2."""
+    try:
+        yield
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.ClickException as exc:
+        _fail(exc.format_message().replace("\n", " "))
+    except UnlearnError as exc:
+        _fail(str(exc).replace("\n", " "))
+    except OSError as exc:
+        _fail_os(exc)
+    except KeyboardInterrupt:
+        _fail("interrupted")
+
+
 class _Command(click.Command):
     """Turn usage errors and UnlearnError into one line and exit code 2."""
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
-        try:
+        with _one_line_errors():
             return super().main(*args, **kwargs)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            _fail("aborted")
-        except click.ClickException as exc:
-            _fail(exc.format_message().replace("\n", " "))
-        except UnlearnError as exc:
-            _fail(str(exc).replace("\n", " "))
-        except OSError as exc:
-            _fail_os(exc)
-        except KeyboardInterrupt:
-            _fail("interrupted")
 
 
 class _Group(click.Group):
@@ -89,18 +96,8 @@ class _Group(click.Group):
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
-        try:
+        with _one_line_errors():
             rv = super().main(*args, **kwargs)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            _fail(exc.format_message().replace("\n", " "))
-        except UnlearnError as exc:
-            _fail(str(exc).replace("\n", " "))
-        except OSError as exc:
-            _fail_os(exc)
-        except KeyboardInterrupt:
-            _fail("interrupted")
         if isinstance(rv, int) and rv:
             sys.exit(rv)
 
@@ -216,7 +213,7 @@ def _set(d: dict, key: str, value) -> None:
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option(
     "--device-map",
-    type=click.Choice(["auto", "balanced", "balanced_low_0", "sequential"]),
+    type=click.Choice(DEVICE_MAPS),
     help="Spread a model bigger than one device over the GPUs, then CPU and disk (selective pruning, evaluation).",
 )
 @click.option("--seq-len", type=int, help=f"Tokens per chunk (default {DEFAULTS.seq_len}).")
@@ -750,7 +747,6 @@ def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len,
 
     if epochs <= 0 or (steps is not None and steps < 1) or batch_size < 1 or seq_len < 8 or tokens < 1 or lr <= 0:
         raise UnlearnError("--epochs, --steps, --lr, --batch-size and --tokens must be positive, --seq-len at least 8")
-    parse_config({"model": model, "seq_len": seq_len, "seed": seed, "batch_size": batch_size})  # the run's limits
     result = api.learn(
         model,
         data,

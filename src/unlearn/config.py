@@ -14,6 +14,10 @@ from .data.sources import DataSpec
 from .errors import UnlearnError
 
 
+# Accelerate's big-model placements that --device-map accepts
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 class DataConfig(BaseModel):
     """A corpus: a file, folder, glob, built-in name (python-stdlib, english-prose) or hf:NAME."""
 
@@ -95,7 +99,7 @@ class RunConfig(BaseModel):
     model: str = Field("smollm2-135m", description="alias, checkpoint directory, .gguf file or hub id")
     dtype: Literal["auto", "bf16", "fp32", "fp16"] = "auto"
     device: str = "auto"
-    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
+    device_map: Literal[DEVICE_MAPS] | None = Field(
         None,
         description="spread a model bigger than one device over the GPUs, CPU and disk (selective pruning and "
         "evaluation; trained methods shard with FSDP / DeepSpeed through --launcher accelerate instead)",

@@ -172,8 +172,9 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         if reason:
             stop_reason = reason
             break
-        if step < cfg.steps and hasattr(ctx, "save_checkpoint"):
-            ctx.save_checkpoint({"ablation": ablation, "steps": steps, "current": current})
+        saver = getattr(ctx, "save_checkpoint", None)  # None in a context without a run folder
+        if saver and step < cfg.steps:
+            saver({"ablation": ablation, "steps": steps, "current": current})
     if not cfg.heal_steps:
         return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
     healed = heal(ctx, ablation, cfg)

@@ -182,8 +182,10 @@ def train(
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         torch.set_rng_state(resumed["rng"])
-        for _ in range(done * cfg.grad_accum):
-            next(forget), next(retain) if retain else None
+        for _ in range(done * cfg.grad_accum):  # the same batch order as an uninterrupted run
+            next(forget)
+            if retain is not None:
+                next(retain)
     model.train()
     with ctx.reporter.task("training", cfg.steps) as advance:
         advance(done)

@@ -182,9 +182,6 @@ def quiet_transformers() -> None:
     hub_logging.set_verbosity_error()  # "Retrying in 1s", "Could not reach the Hub": one error line says it all
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
 def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, device_map=None) -> LoadedModel:
     """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache).
 
@@ -192,6 +189,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, d
     ``balanced``, ``sequential``) spreads a model too big for one device over all GPUs, then the CPU and disk
     (Accelerate's big-model inference), for statistics and evaluation; ``device`` is then where inputs go.
     """
+    from ..config import DEVICE_MAPS
+
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise UnlearnError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAPS)}")
     from transformers import AutoModelForCausalLM, AutoTokenizer

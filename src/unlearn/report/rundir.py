@@ -67,20 +67,31 @@ class RunFolder:
                 f"with `unlearn run --resume {self.out_dir / self.name}` or delete that folder"
             )
 
+    def free_name(self) -> str:
+        """The given name, or ``<timestamp>-<method>[-N]``: the first such name with neither a run folder nor a
+        work folder in ``out_dir``."""
+        if self.explicit:
+            return self.name
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{self.method}"
+        name, n = stamp, 2
+        while (self.out_dir / name).exists() or work_dir(self.out_dir, name).exists():
+            name, n = f"{stamp}-{n}", n + 1
+        return name
+
     def start(self, config: dict) -> None:
         """Create the work folder (the name is fixed now) and write the resolved config into it."""
         self.check()
-        if not self.explicit:
-            stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{self.method}"
-            self.name, n = stamp, 2
-            while (self.out_dir / self.name).exists() or work_dir(self.out_dir, self.name).exists():
-                self.name, n = f"{stamp}-{n}", n + 1
+        self.name = self.free_name()
         self.tmp = work_dir(self.out_dir, self.name)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.tmp.mkdir()
         except OSError as exc:
             raise UnlearnError(f"cannot create output folder {self.out_dir}: {exc.strerror}") from exc
+        self.write_config(config)
+
+    def write_config(self, config: dict) -> None:
+        """``config.yaml``: the resolved settings, with the run's name (so --resume finishes the same folder)."""
         self.write_yaml("config.yaml", {**config, "name": self.name})
 
     def resume(self, work: Path) -> None:

@@ -18,8 +18,13 @@ Variants (``--variants``, comma-separated):
 * ``paper``: the published algorithm (Pochinkov & Schoots 2024; taker's defaults): ``abs`` importance,
   feed-forward neurons only, 2 % per step, zero ablation;
 * ``default``: this project's default schedule (``rms``, 0.5 % feed-forward + 0.5 % attention per step);
-* ``prune-heal``: the ``prune-heal`` preset: ``rms``, 1 % + 1 % per step, then healing steps of next-token
-  training on the retain statistics chunks with the pruned neurons held pruned.
+* ``heal-retain-only``: the ``prune-heal`` preset without its forget floor: rms, 1 % + 1 % per step, then
+  healing steps of next-token training on the retain statistics chunks with the pruned neurons held pruned;
+* ``prune-heal``: the ``prune-heal`` preset: the same, and while healing a hinge keeps the forget loss from
+  falling below the pruned model's (``heal_forget_weight``).
+
+Besides the two retain corpora, each final model is also scored on prose that no variant trains or prunes on
+(``--unseen-prose``, default MUSE-News articles): how far the healing generalises beyond the retain corpora.
 
     python bench/efficacy.py --out /tmp/efficacy                     # every variant (~15 min on 2 cores)
     python bench/efficacy.py --variants paper --steps 3 --out /tmp/e
@@ -42,6 +47,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 VARIANTS = {
     "paper": dict(PRESETS["paper"]["method_config"]),
     "default": {"steps": 10},
+    "heal-retain-only": dict(PRESETS["prune-heal"]["method_config"], heal_forget_weight=0.0),
     "prune-heal": dict(PRESETS["prune-heal"]["method_config"]),
 }
 
@@ -77,6 +83,11 @@ def main() -> None:
     ap.add_argument("--stats-tokens", type=int, default=10240)
     ap.add_argument("--eval-tokens", type=int, default=10240)
     ap.add_argument("--shared", default=str(SHARED), help="folder with wikitext2_test.txt and tinyshakespeare.txt")
+    ap.add_argument(
+        "--unseen-prose",
+        default=str(SHARED.parent / "muse_news" / "raw" / "forget.jsonl"),
+        help="prose no variant sees, scored on the final models only ('' = none)",
+    )
     args = ap.parse_args()
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
@@ -85,6 +96,7 @@ def main() -> None:
     out = Path(args.out)
     files = write_data(out / "data", Path(args.shared))
     evaluated = [files["forget-eval.txt"], files["wikitext2_test.txt"], files["tinyshakespeare.txt"]]
+    evaluated += [Path(args.unseen_prose)] if args.unseen_prose else []
     base = {
         "forget": {"source": str(files["forget-train.txt"]), "eval_source": str(files["forget-eval.txt"])},
         "retain": {"source": str(files["retain-train.txt"]), "eval_source": str(out / "data" / "retain-eval")},

@@ -359,6 +359,22 @@ def test_ablated_skips_empty_masks_and_keeps_unpruned_neurons():
     assert torch.equal(x[..., keep], r[..., keep])
 
 
+def test_ablated_model_trains_after_inference_mode_forward():
+    """An evaluation under inference mode, then training under the same hooks (prune-then-heal evaluates the
+    pruned model, then heals it): the hook's cached casts must not leak inference tensors into autograd."""
+    model = tiny_model("llama").requires_grad_(True)
+    adapter = adapter_for(model)
+    ablation = _make_ablation(model, adapter, mean=True)
+    ids = _ids()
+    with ablated(model, adapter, ablation):
+        with torch.inference_mode():
+            model(input_ids=ids)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Ablation bookkeeping
 

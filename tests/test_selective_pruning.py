@@ -530,10 +530,63 @@ def test_prune_then_heal_keeps_pruned_neurons_pruned(setup, ablation):
         assert torch.count_nonzero(down[:, pruned]) == 0
 
 
+def test_heal_forget_floor_keeps_forget_loss_up(setup):
+    """With heal_forget_weight the healing loss is retain NLL + w * max(0, floor - forget NLL), floor = the pruned
+    model's forget NLL on the statistics chunks: the hinge is silent above the floor, pushes back below it, and
+    the healed model keeps the forget data less likely than healing on retain alone leaves it."""
+    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 12, "heal_lr": 3e-3}
+    plain = setup["run"]("heal-plain", mc)
+    floored = setup["run"]("heal-floor", {**mc, "heal_forget_weight": 5.0})
+    assert (floored.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
+    floor = floored.manifest["method_facts"]["heal_forget_floor"]
+    assert "forget floor" in floored.metrics["stop_reason"]
+    # the floor is the pruned model's forget loss (its statistics chunks are the run's forget training data)
+    before = floored.manifest["method_facts"]["before_heal"]
+    assert floor == pytest.approx(before["forget"]["loss"], rel=0.2)
+    log = floored.metrics["train_log"]
+    assert len(log) == 12 and all("forget_loss" in e and "retain_loss" in e for e in log)
+    for e in log:
+        expected = e["retain_loss"] + 5.0 * max(0.0, floor - e["forget_loss"])
+        assert e["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert any(e["forget_loss"] < floor for e in log)  # healing pulled the forget loss down, the hinge acted
+    assert floored.after["forget"]["loss"] > plain.after["forget"]["loss"]
+    assert "heal_forget_floor" not in plain.manifest["method_facts"]
+
+
+def test_heal_tokens_extend_the_statistics_chunks(setup):
+    """heal_tokens heals on the retain statistics chunks followed by the chunks after them in the same stream:
+    the statistics chunks come first, nothing is taken from the evaluation or validation chunks."""
+    from unlearn.data.chunking import tokens_sha256
+
+    run = setup["run"]("heal-tokens", {"ff_frac": 0.2, "steps": 1, "heal_steps": 2, "heal_tokens": 3 * STATS_TOKENS})
+    data = run.manifest["method_facts"]["heal_data"]
+    assert data["n_tokens"] >= 3 * STATS_TOKENS
+    tokenizer = AutoTokenizer.from_pretrained(setup["ckpt"])
+    small = _corpus(setup["prose"], tokenizer)
+    big = build_corpus(
+        "x",
+        DataSpec(str(setup["prose"])),
+        tokenizer,
+        seq_len=SEQ_LEN,
+        eval_tokens=EVAL_TOKENS,
+        stats_tokens=3 * STATS_TOKENS,
+        val_tokens=VAL_TOKENS,
+        seed=0,
+    )
+    assert data["sha256"] == tokens_sha256(big.stats.input_ids)
+    assert torch.equal(big.stats.input_ids[: len(small.stats.input_ids)], small.stats.input_ids)
+    assert torch.equal(big.eval.input_ids, small.eval.input_ids) and torch.equal(big.val.input_ids, small.val.input_ids)
+    default = setup["run"]("heal-tokens-0", {"ff_frac": 0.2, "steps": 1, "heal_steps": 2})
+    assert default.manifest["method_facts"]["heal_data"]["sha256"] == tokens_sha256(small.stats.input_ids)
+    with pytest.raises(UnlearnError, match=r"^heal_tokens 10000000: retain corpus .* is too short"):
+        setup["run"]("heal-too-long", {"ff_frac": 0.2, "steps": 1, "heal_steps": 2, "heal_tokens": 10_000_000})
+    assert not (setup["out"] / "heal-too-long").exists()
+
+
 def test_presets_set_the_method_and_explicit_settings_win(setup):
     from unlearn.methods.presets import PRESETS
 
-    run = setup["run"]("preset", {"steps": 1, "heal_steps": 2, "ff_frac": 0.2}, preset="prune-heal")
+    run = setup["run"]("preset", {"steps": 1, "heal_steps": 2, "heal_tokens": 0, "ff_frac": 0.2}, preset="prune-heal")
     mc = run.config.method_config
     assert run.config.preset == "prune-heal" and run.config.method == "selective-pruning"
     assert mc["steps"] == 1 and mc["heal_steps"] == 2 and mc["ff_frac"] == 0.2  # given explicitly

@@ -100,6 +100,17 @@ class MethodContext:
         self.timings["statistics"] += time.perf_counter() - start
         return stats
 
+    def training_split(self, which: str, n_tokens: int):
+        """At least ``n_tokens`` of training chunks of the ``which`` corpus: its statistics chunks followed by the
+        chunks after them in the same shuffled stream (never the evaluation or validation chunks)."""
+        corpus = self.corpus(which)
+        if n_tokens <= corpus.stats.n_tokens:
+            return corpus.stats
+        cfg = self.config.model_copy(update={"stats_tokens": n_tokens})
+        data = cfg.forget if which == "forget" else cfg.retain
+        with self.reporter.stage(f"tokenising {n_tokens} training tokens of the {which} corpus"):
+            return _corpus(which, data, self.loaded.tokenizer, cfg).stats
+
     def evaluate(self, ablation: Ablation | None = None, label: str = "", split: str = "eval", model=None) -> dict:
         """Metrics on both corpora's ``split`` (held-out ``eval`` or ``val``idation chunks) of ``model`` (default:
         the working model) with ``ablation``, with relative drops against the original once its baseline exists."""
@@ -218,26 +229,29 @@ def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[C
     out = []
     for which, data in (("forget", cfg.forget), ("retain", cfg.retain)):
         with reporter.stage(f"tokenising {which} corpus {data.source}"):
-            if data.format == "qa":
-                out.append(_qa_corpus(which, data, loaded.tokenizer, cfg))
-                continue
-            corpus = build_corpus(
-                which,
-                data.spec(),
-                loaded.tokenizer,
-                seq_len=cfg.seq_len,
-                eval_tokens=0 if data.eval_source else cfg.eval_tokens,
-                stats_tokens=cfg.stats_tokens,
-                seed=cfg.seed,
-                val_tokens=cfg.val_tokens,
-            )
-            if data.eval_source:  # report on held-out text: other files than the method sees
-                held = _eval_chunks(which, data, loaded.tokenizer, cfg)
-                seen = [held, corpus.stats] + ([corpus.val] if corpus.val is not None else [])
-                both = torch.cat([split.input_ids for split in seen])
-                corpus = dataclasses.replace(corpus, eval=held, sha256=tokens_sha256(both))
-            out.append(corpus)
+            out.append(_corpus(which, data, loaded.tokenizer, cfg))
     return out[0], out[1]
+
+
+def _corpus(which: str, data: DataConfig, tokenizer, cfg: RunConfig) -> Corpus:
+    if data.format == "qa":
+        return _qa_corpus(which, data, tokenizer, cfg)
+    corpus = build_corpus(
+        which,
+        data.spec(),
+        tokenizer,
+        seq_len=cfg.seq_len,
+        eval_tokens=0 if data.eval_source else cfg.eval_tokens,
+        stats_tokens=cfg.stats_tokens,
+        seed=cfg.seed,
+        val_tokens=cfg.val_tokens,
+    )
+    if data.eval_source:  # report on held-out text: other files than the method sees
+        held = _eval_chunks(which, data, tokenizer, cfg)
+        seen = [held, corpus.stats] + ([corpus.val] if corpus.val is not None else [])
+        both = torch.cat([split.input_ids for split in seen])
+        corpus = dataclasses.replace(corpus, eval=held, sha256=tokens_sha256(both))
+    return corpus
 
 
 def _qa_corpus(which: str, data: DataConfig, tokenizer, cfg) -> Corpus:

@@ -16,16 +16,19 @@ PRESETS: dict[str, dict] = {
         "method_config": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4},
     },
     "prune-heal": {
-        "summary": "prune 8 % of the feed-forward and attention neurons (rms, 1 % + 1 % per step), then heal: "
-        "100 steps of next-token training on the retain data with the pruned neurons held pruned",
+        "summary": "prune 6 % of the feed-forward and attention neurons (rms, 1 % + 1 % per step), then heal: "
+        "40 steps of next-token training on 40k retain tokens with the pruned neurons held pruned and a forget "
+        "floor (the forget loss may not fall below where pruning left it)",
         "method": "selective-pruning",
         "method_config": {
             "importance": "rms",
             "ff_frac": 0.01,
             "attn_frac": 0.01,
-            "steps": 8,
-            "heal_steps": 100,
-            "heal_lr": 2e-5,
+            "steps": 6,
+            "heal_steps": 40,
+            "heal_lr": 5e-5,
+            "heal_tokens": 40960,
+            "heal_forget_weight": 1.0,
         },
     },
 }

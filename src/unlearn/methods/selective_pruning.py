@@ -9,6 +9,7 @@ pruned model unless ``recollect`` is off.
 
 from __future__ import annotations
 
+import types
 from typing import Literal
 
 import torch
@@ -41,7 +42,22 @@ class SelectivePruningConfig(BaseModel):
         "the pruned neurons held at their ablated value (prune-then-heal; 0 = off)",
     )
     heal_lr: float = Field(2e-5, gt=0, lt=1, description="learning rate of the healing steps (AdamW)")
-    heal_batch_size: int = Field(4, ge=1, description="retain chunks per healing step")
+    heal_batch_size: int = Field(4, ge=1, description="retain (and forget) chunks per healing step")
+    heal_tokens: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="retain tokens to heal on: the statistics chunks, then the retain chunks after them "
+        "(0 = the statistics chunks only)",
+    )
+    heal_forget_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="weight g of a forget floor while healing: the loss adds g * max(0, floor - forget NLL), "
+        "floor = the pruned model's forget NLL on the statistics chunks, so healing cannot bring the forget data "
+        "back (0 = retain loss only)",
+    )
 
     @model_validator(mode="after")
     def _something_to_prune(self):
@@ -119,6 +135,12 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
                 f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
                 f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it"
             )
+    heal_data = None
+    if cfg.heal_steps and cfg.heal_tokens:  # tokenised first: a corpus too short fails before any pruning
+        try:
+            heal_data = ctx.training_split("retain", cfg.heal_tokens)
+        except UnlearnError as exc:
+            raise UnlearnError(f"heal_tokens {cfg.heal_tokens}: {exc}") from None
     ablation = Ablation()
     steps: list[dict] = []
     forget_stats = retain_stats = None
@@ -177,32 +199,63 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
             saver({"ablation": ablation, "steps": steps, "current": current})
     if not cfg.heal_steps:
         return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
-    healed = heal(ctx, ablation, cfg)
+    healed = heal(ctx, ablation, cfg, heal_data)
     stop_reason += f"; healed {cfg.heal_steps} steps on retain"
+    if cfg.heal_forget_weight:
+        stop_reason += f" with a forget floor (NLL {healed.extra['forget_floor']:.3f})"
+    extra = {
+        "heal_seconds": healed.extra["train_seconds"],
+        "before_heal": current,
+        "heal_data": healed.extra["heal_data"],
+    }
+    if cfg.heal_forget_weight:
+        extra["heal_forget_floor"] = healed.extra["forget_floor"]
     return MethodResult(
-        ablation=ablation,
-        steps=steps,
-        stop_reason=stop_reason,
-        model=healed.model,
-        log=healed.log,
-        extra={"heal_seconds": healed.extra["train_seconds"], "before_heal": current},
+        ablation=ablation, steps=steps, stop_reason=stop_reason, model=healed.model, log=healed.log, extra=extra
     )
 
 
-def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig) -> MethodResult:
-    """Prune-then-heal: train the model on the retain statistics chunks (next-token loss) with ``ablation``
-    applied. A pruned neuron's input to its output projection stays at its ablated value (0, or the constant
-    retain mean), so that projection's column gets no gradient: the pruned neurons stay pruned, and the other
-    weights relearn what the retain data lost with them. Returns the training result (the model, float32)."""
+def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split=None) -> MethodResult:
+    """Prune-then-heal: train the model on the retain statistics chunks (or on ``retain_split``, the
+    ``heal_tokens`` chunks; next-token loss) with ``ablation`` applied. A pruned neuron's input to its output
+    projection stays at its ablated value (0, or the constant retain mean), so that projection's column gets no
+    gradient: the pruned neurons stay pruned, and the other weights relearn what the retain data lost with them.
+
+    With ``heal_forget_weight`` g > 0 each step also scores a forget batch and adds g * max(0, floor - NLL_forget),
+    floor = the pruned model's mean forget NLL on the statistics chunks: a hinge that is silent while healing
+    leaves the forget data as unlikely as pruning made it, and pushes back (gradient ascent, bounded) as soon as
+    the forget loss falls below it. Returns the training result (the model, float32; ``extra["forget_floor"]``).
+    """
+    from ..data.chunking import tokens_sha256
+    from ..eval.metrics import evaluate_split
     from ..models.hooks import ablated
     from . import losses
     from .training import TrainConfig, context_view, train
 
-    def loss(model, _forget, retain, _reference):
-        logits = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, retain["labels"]), {}
+    def nll(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        return losses.nll(logits, batch["labels"])
 
     tcfg = TrainConfig(steps=cfg.heal_steps, lr=cfg.heal_lr, batch_size=cfg.heal_batch_size)
-    view = context_view(ctx, save_checkpoint=None, resumed=None)  # healing is short: it restarts on --resume
+    retain = ctx.retain if retain_split is None else types.SimpleNamespace(stats=retain_split)
+    # healing is short: it restarts on --resume
+    view = context_view(ctx, retain=retain, save_checkpoint=None, resumed=None)
     with ablated(ctx.model, ctx.adapter, ablation):
-        return train(view, tcfg, loss)
+        floor = None
+        if cfg.heal_forget_weight:
+            floor = evaluate_split(ctx.model, ctx.forget.stats, batch_size=ctx.config.batch_size)["loss"]
+
+        def loss(model, forget, retain, _reference):
+            r = nll(model, retain)
+            if floor is None:
+                return r, {}
+            f = nll(model, forget)
+            return r + cfg.heal_forget_weight * torch.relu(floor - f), {
+                "retain_loss": r.detach(),
+                "forget_loss": f.detach(),
+            }
+
+        result = train(view, tcfg, loss)
+    result.extra["forget_floor"] = floor
+    result.extra["heal_data"] = {"n_tokens": retain.stats.n_tokens, "sha256": tokens_sha256(retain.stats.input_ids)}
+    return result

@@ -272,12 +272,13 @@ def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation):
 
 def _ablate(keep: torch.Tensor, fill: torch.Tensor):
     """The pre-hook x ← keep·x + fill, with keep and fill cast once to the input's device and dtype (a model spread
-    over devices by a device map hands a module its input before moving it, so the weight's device can differ)."""
+    over devices by a device map hands a module its input before moving it, so the weight's device can differ).
+    Casts made under inference mode are kept apart: autograd refuses inference tensors when training follows."""
     cast: dict = {}
 
     def hook(_module, args):
         x = args[0]
-        key = (x.device, x.dtype)
+        key = (x.device, x.dtype, torch.is_inference_mode_enabled())
         if key not in cast:
             cast[key] = (keep.to(device=x.device, dtype=x.dtype), fill.to(device=x.device, dtype=x.dtype))
         k, f = cast[key]

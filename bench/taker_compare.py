@@ -214,16 +214,17 @@ def ensure_venv(venv: Path, pins: list[str]) -> Path:
 
 
 class TakerChild:
-    """The taker process: started with a spec file, then one JSON line back per command sent."""
+    """The taker process (``script --taker-child SPEC``, default this file): started with a spec file, then one
+    JSON line back per command sent."""
 
-    def __init__(self, python: Path, spec: Path, threads: int, log: Path):
+    def __init__(self, python: Path, spec: Path, threads: int, log: Path, script: Path | None = None):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env.update(CHILD_ENV)
         env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
         self.log_path = log
         self._log = open(log, "w")  # closed in close()
         self.proc = subprocess.Popen(
-            [str(python), str(Path(__file__).resolve()), "--taker-child", str(spec)],
+            [str(python), str(script or Path(__file__).resolve()), "--taker-child", str(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,

@@ -396,3 +396,25 @@ def test_matplotlib_is_imported_only_when_a_report_is_drawn():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             if any(n.split(".")[0] == "matplotlib" for n in names):
                 assert id(node) in in_functions, f"{path}:{node.lineno} imports matplotlib at import time"
+
+
+def test_tradeoff_marks_the_healed_model():
+    """A prune-then-heal run's trade-off curve ends at the healed model (labelled "healed"); a run without healing
+    has only its steps, and both plot."""
+    from unlearn.report import plots
+    from unlearn.report.build import tradeoff_points
+    from unlearn.report.data import Run
+
+    metrics = {
+        "steps": [
+            {"step": 1, "forget_drop": {"top1": 0.4}, "retain_drop": {"top1": 0.05}},
+            {"step": 2, "forget_drop": {"top1": 0.8}, "retain_drop": {"top1": 0.2}},
+        ],
+        "after": {"forget_drop": {"top1": 0.9}, "retain_drop": {"top1": 0.02}},
+    }
+    healed = Run(0, Path("healed"), metrics, {"method_facts": {"before_heal": {}}}, None, None, {})
+    plain = Run(1, Path("plain"), metrics, {"method_facts": {}}, None, None, {})
+    assert tradeoff_points(healed) == [(1, 0.05, 0.4, False), (2, 0.2, 0.8, False), ("healed", 0.02, 0.9, False)]
+    assert tradeoff_points(plain) == [(1, 0.05, 0.4, False), (2, 0.2, 0.8, False)]
+    svg = plots.tradeoff([{"label": "healed", "points": tradeoff_points(healed)}])
+    assert svg.lstrip().startswith("<svg") or "<svg" in svg[:500]

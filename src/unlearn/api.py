@@ -101,15 +101,16 @@ class MethodContext:
         return stats
 
     def training_split(self, which: str, n_tokens: int):
-        """At least ``n_tokens`` of training chunks of the ``which`` corpus: its statistics chunks followed by the
-        chunks after them in the same shuffled stream (never the evaluation or validation chunks)."""
+        """Up to ``n_tokens`` of training chunks of the ``which`` corpus: its statistics chunks followed by the
+        chunks after them in the same shuffled stream (never the evaluation or validation chunks); fewer if the
+        text has no more (never fewer than the statistics chunks)."""
         corpus = self.corpus(which)
         if n_tokens <= corpus.stats.n_tokens:
             return corpus.stats
         cfg = self.config.model_copy(update={"stats_tokens": n_tokens})
         data = cfg.forget if which == "forget" else cfg.retain
         with self.reporter.stage(f"tokenising {n_tokens} training tokens of the {which} corpus"):
-            return _corpus(which, data, self.loaded.tokenizer, cfg).stats
+            return _corpus(which, data, self.loaded.tokenizer, cfg, stats_at_most=True).stats
 
     def evaluate(self, ablation: Ablation | None = None, label: str = "", split: str = "eval", model=None) -> dict:
         """Metrics on both corpora's ``split`` (held-out ``eval`` or ``val``idation chunks) of ``model`` (default:
@@ -233,7 +234,7 @@ def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[C
     return out[0], out[1]
 
 
-def _corpus(which: str, data: DataConfig, tokenizer, cfg: RunConfig) -> Corpus:
+def _corpus(which: str, data: DataConfig, tokenizer, cfg: RunConfig, stats_at_most: bool = False) -> Corpus:
     if data.format == "qa":
         return _qa_corpus(which, data, tokenizer, cfg)
     corpus = build_corpus(
@@ -245,6 +246,7 @@ def _corpus(which: str, data: DataConfig, tokenizer, cfg: RunConfig) -> Corpus:
         stats_tokens=cfg.stats_tokens,
         seed=cfg.seed,
         val_tokens=cfg.val_tokens,
+        stats_at_most=stats_at_most,
     )
     if data.eval_source:  # report on held-out text: other files than the method sees
         held = _eval_chunks(which, data, tokenizer, cfg)

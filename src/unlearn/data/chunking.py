@@ -110,8 +110,12 @@ def build_corpus(
     stats_tokens: int,
     seed: int,
     val_tokens: int = 0,
+    stats_at_most: bool = False,
 ) -> Corpus:
-    """Tokenise just enough of ``spec`` for both budgets; errors name the corpus if it is empty or too short."""
+    """Tokenise just enough of ``spec`` for both budgets; errors name the corpus if it is empty or too short.
+
+    With ``stats_at_most`` the statistics split may come out shorter than ``stats_tokens`` (whatever full chunks
+    the text has after the evaluation and validation chunks, at least one)."""
     if seq_len < 8:
         raise UnlearnError(f"seq_len must be at least 8, got {seq_len}")
     n_eval = math.ceil(eval_tokens / seq_len) if eval_tokens > 0 else 0
@@ -136,6 +140,9 @@ def build_corpus(
         used += 1
         if len(stream) >= needed:
             break
+    if stats_at_most and len(stream) < needed and len(stream) // seq_len > n_eval + n_val:
+        n_stats = len(stream) // seq_len - n_eval - n_val
+        needed = (n_eval + n_val + n_stats) * seq_len
     if len(stream) < needed:
         raise UnlearnError(
             f"{name} corpus {spec.describe()} is too short: {len(stream)} tokens, but {needed} are needed "

@@ -162,12 +162,20 @@ def _budget(run: Run) -> tuple[str, float | None]:
 
 
 def tradeoff_points(run: Run, metric: str = "top1") -> list[tuple]:
-    """(step, retain drop, forget drop, reverted) of every step with held-out drops."""
+    """(step, retain drop, forget drop, reverted) of every step with held-out drops, and a last point labelled
+    "healed" for the final model of a run that healed after its steps (prune-then-heal)."""
     pts = []
     for i, s in _steps(run):
         f, r = num(get(s, "forget_drop", metric)), num(get(s, "retain_drop", metric))
         if f is not None and r is not None:
             pts.append((s.get("step", i + 1), r, f, bool(s.get("reverted"))))
+    if pts and isinstance(get(run.manifest, "method_facts", "before_heal"), dict):
+        f, r = (
+            num(get(run.metrics, "after", "forget_drop", metric)),
+            num(get(run.metrics, "after", "retain_drop", metric)),
+        )
+        if f is not None and r is not None:
+            pts.append(("healed", r, f, False))
     return pts
 
 

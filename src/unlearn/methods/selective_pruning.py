@@ -55,8 +55,8 @@ class SelectivePruningConfig(BaseModel):
         ge=0,
         le=1000,
         description="weight g of a forget floor while healing: the loss adds g * max(0, floor - forget NLL), "
-        "floor = the pruned model's forget NLL on the statistics chunks, so healing cannot bring the forget data "
-        "back (0 = retain loss only)",
+        "floor = the pruned model's forget NLL on the statistics chunks: healing may not make them likelier "
+        "than pruning left them (0 = retain loss only)",
     )
 
     @model_validator(mode="after")

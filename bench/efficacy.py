@@ -63,6 +63,7 @@ def write_data(folder: Path, shared: Path) -> dict[str, Path]:
         files[name] = folder / name
         files[name].write_text("\n\n".join(p.read_text(encoding="utf-8") for p in paths), encoding="utf-8")
     (folder / "retain-eval").mkdir(exist_ok=True)
+    (folder / "retain-train").mkdir(exist_ok=True)
     train = []
     for source in ("wikitext2_test.txt", "tinyshakespeare.txt"):
         text = (shared / source).read_text(encoding="utf-8")
@@ -70,6 +71,8 @@ def write_data(folder: Path, shared: Path) -> dict[str, Path]:
         train.append(text[:cut])
         files[source] = folder / "retain-eval" / source
         files[source].write_text(text[cut:], encoding="utf-8")
+        files[f"retain-train/{source}"] = folder / "retain-train" / source  # each first half alone
+        files[f"retain-train/{source}"].write_text(text[:cut], encoding="utf-8")
     files["retain-train.txt"] = folder / "retain-train.txt"
     files["retain-train.txt"].write_text("\n\n".join(train), encoding="utf-8")
     return files

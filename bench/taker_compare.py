@@ -213,6 +213,19 @@ def ensure_venv(venv: Path, pins: list[str]) -> Path:
     return python
 
 
+def taker_venv(venv: Path | None = None) -> tuple[Path, Path]:
+    """(the taker venv, its python): ``venv`` or ``<unlearn cache>/bench/taker-VERSION-venv``, built once with
+    ``torch`` and ``transformers`` pinned to this environment's versions and ``taker==VERSION``."""
+    import torch
+    import transformers
+
+    from unlearn.models.load import cache_dir
+
+    venv = venv or cache_dir() / "bench" / f"taker-{TAKER_VERSION}-venv"
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
+    return venv, ensure_venv(venv, pins + [f"taker=={TAKER_VERSION}"])
+
+
 class TakerChild:
     """The taker process (``script --taker-child SPEC``, default this file): started with a spec file, then one
     JSON line back per command sent."""
@@ -307,7 +320,6 @@ def main() -> None:
     from unlearn.data.chunking import TokenSplit
     from unlearn.models.adapters import adapter_for
     from unlearn.models.hooks import IMPORTANCE, body, collect_statistics
-    from unlearn.models.load import cache_dir
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -334,9 +346,7 @@ def main() -> None:
     needs = IMPORTANCE + ("mean",) if args.importance == "all" else tuple(args.importance.split(","))
     kinds = ("ff", "attn")
 
-    venv = args.venv or cache_dir() / "bench" / f"taker-{TAKER_VERSION}-venv"
-    pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-    python = ensure_venv(venv, pins + [f"taker=={TAKER_VERSION}"])
+    venv, python = taker_venv(args.venv)
 
     loaded, split = model_and_chunks(args.model, args.dtype, args.data, args.tokens, args.seq_len)
     model, adapter = loaded.model, adapter_for(loaded.model)

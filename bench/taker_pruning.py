@@ -136,16 +136,15 @@ def main() -> None:
         return
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import torch
-    import transformers
     from efficacy import SHARED, write_data
-    from taker_compare import TAKER_DTYPES, TAKER_VERSION, TakerChild, ensure_venv
+    from taker_compare import TAKER_DTYPES, TAKER_VERSION, TakerChild, taker_venv
 
     import unlearn
     from unlearn.api import _corpus, coerce_config
     from unlearn.eval.metrics import evaluate_split
     from unlearn.models.adapters import adapter_for
     from unlearn.models.hooks import Ablation, ablated
-    from unlearn.models.load import cache_dir, load_model
+    from unlearn.models.load import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3)
@@ -154,19 +153,15 @@ def main() -> None:
     ap.add_argument("--venv", type=Path, help="taker venv (default: the one bench/taker_compare.py uses)")
     args = ap.parse_args()
     threads = torch.get_num_threads()
-    venv = args.venv or cache_dir() / "bench" / f"taker-{TAKER_VERSION}-venv"
-    pins = [f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}"]
-    python = ensure_venv(venv, pins + [f"taker=={TAKER_VERSION}"])
+    _, python = taker_venv(args.venv)
 
     with tempfile.TemporaryDirectory(prefix="taker-pruning-") as tmp:
         out = Path(args.out or tmp)
         files = write_data(out / "data", SHARED)
-        wikitext = (SHARED / "wikitext2_test.txt").read_text(encoding="utf-8")
-        (out / "data" / "wikitext-train.txt").write_text(wikitext[: wikitext.index("\n", len(wikitext) // 2) + 1])
         config = {
             "forget": {"source": str(files["forget-train.txt"]), "eval_source": str(files["forget-eval.txt"])},
             "retain": {
-                "source": str(out / "data" / "wikitext-train.txt"),
+                "source": str(files["retain-train/wikitext2_test.txt"]),
                 "eval_source": str(files["wikitext2_test.txt"]),
             },
             "stats_tokens": args.tokens,

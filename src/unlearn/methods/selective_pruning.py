@@ -135,9 +135,8 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
                 f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
                 f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it"
             )
-    heal_data = None
-    if cfg.heal_steps and cfg.heal_tokens:  # tokenised before pruning: a bad source fails before the slow part
-        heal_data = ctx.training_split("retain", cfg.heal_tokens)
+    # the healing chunks, tokenised before pruning: a bad source fails before the slow part
+    heal_data = ctx.training_split("retain", cfg.heal_tokens) if cfg.heal_steps else None
     ablation = Ablation()
     steps: list[dict] = []
     forget_stats = retain_stats = None
@@ -198,25 +197,25 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
     healed = heal(ctx, ablation, cfg, heal_data)
     stop_reason += f"; healed {cfg.heal_steps} steps on retain"
-    if cfg.heal_forget_weight:
-        stop_reason += f" with a forget floor (NLL {healed.extra['forget_floor']:.3f})"
     extra = {
         "heal_seconds": healed.extra["train_seconds"],
         "before_heal": current,
         "heal_data": healed.extra["heal_data"],
     }
-    if cfg.heal_forget_weight:
+    if healed.extra["forget_floor"] is not None:
+        stop_reason += f" with a forget floor (NLL {healed.extra['forget_floor']:.3f})"
         extra["heal_forget_floor"] = healed.extra["forget_floor"]
     return MethodResult(
         ablation=ablation, steps=steps, stop_reason=stop_reason, model=healed.model, log=healed.log, extra=extra
     )
 
 
-def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split=None) -> MethodResult:
-    """Prune-then-heal: train the model on the retain statistics chunks (or on ``retain_split``, the
-    ``heal_tokens`` chunks; next-token loss) with ``ablation`` applied. A pruned neuron's input to its output
-    projection stays at its ablated value (0, or the constant retain mean), so that projection's column gets no
-    gradient: the pruned neurons stay pruned, and the other weights relearn what the retain data lost with them.
+def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> MethodResult:
+    """Prune-then-heal: train the model on ``retain_split`` (the retain statistics chunks, or the
+    ``heal_tokens`` chunks: :meth:`~unlearn.api.MethodContext.training_split`; next-token loss) with
+    ``ablation`` applied. A pruned neuron's input to its output projection stays at its ablated value (0, or the
+    constant retain mean), so that projection's column gets no gradient: the pruned neurons stay pruned, and the
+    other weights relearn what the retain data lost with them.
 
     With ``heal_forget_weight`` g > 0 each step also scores a forget batch and adds g * max(0, floor - NLL_forget),
     floor = the pruned model's mean forget NLL on the statistics chunks: a hinge that is silent while healing
@@ -234,7 +233,7 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split=None
         return losses.nll(logits, batch["labels"])
 
     tcfg = TrainConfig(steps=cfg.heal_steps, lr=cfg.heal_lr, batch_size=cfg.heal_batch_size)
-    retain = ctx.retain if retain_split is None else types.SimpleNamespace(stats=retain_split)
+    retain = types.SimpleNamespace(stats=retain_split)
     # healing is short: it restarts on --resume
     view = context_view(ctx, retain=retain, save_checkpoint=None, resumed=None)
     with ablated(ctx.model, ctx.adapter, ablation):
@@ -254,5 +253,5 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split=None
 
         result = train(view, tcfg, loss)
     result.extra["forget_floor"] = floor
-    result.extra["heal_data"] = {"n_tokens": retain.stats.n_tokens, "sha256": tokens_sha256(retain.stats.input_ids)}
+    result.extra["heal_data"] = {"n_tokens": retain_split.n_tokens, "sha256": tokens_sha256(retain_split.input_ids)}
     return result

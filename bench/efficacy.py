@@ -17,7 +17,8 @@ Variants (``--variants``, comma-separated):
 
 * ``paper``: the published algorithm (Pochinkov & Schoots 2024; taker's defaults): ``abs`` importance,
   feed-forward neurons only, 2 % per step, zero ablation;
-* ``default``: this project's default schedule (``rms``, 0.5 % feed-forward + 0.5 % attention per step);
+* ``default``: what ``unlearn run`` does with no method settings (``rms``, 2 % feed-forward + 2 % attention
+  neurons per step, 3 steps, then 20 healing steps with the forget floor: the fast prune-heal schedule);
 * ``heal-retain-only``: the ``prune-heal`` preset without its forget floor: rms, 1 % + 1 % per step, then
   healing steps of next-token training on the retain statistics chunks with the pruned neurons held pruned;
 * ``prune-heal``: the ``prune-heal`` preset: the same, and while healing a hinge keeps the forget loss from
@@ -46,7 +47,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
 VARIANTS = {
     "paper": dict(PRESETS["paper"]["method_config"]),
-    "default": {"steps": 10},
+    "default": {},
     "heal-retain-only": dict(PRESETS["prune-heal"]["method_config"], heal_forget_weight=0.0),
     "prune-heal": dict(PRESETS["prune-heal"]["method_config"]),
 }

@@ -46,7 +46,12 @@ def _plain_metrics(run_dir, manifest, corpus_cfg, which_seed=0):
 
 def test_bundled_run_small(tmp_path):
     result = unlearn.run(
-        dict(SMALL, out_dir=str(tmp_path), name="small", method_config={"ff_frac": 0.01, "attn_frac": 0.01, "steps": 1})
+        dict(
+            SMALL,
+            out_dir=str(tmp_path),
+            name="small",
+            method_config={"ff_frac": 0.01, "attn_frac": 0.01, "steps": 1, "heal_steps": 2, "heal_tokens": 0},
+        )
     )
     m = result.metrics
     assert m["before"]["forget"]["top1"] > 0.3 and m["before"]["retain"]["top1"] > 0.25  # a real model
@@ -88,11 +93,12 @@ def test_bundled_eval_api_matches_run_before_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_default_run_meets_acceptance(tmp_path):
-    """The default `unlearn run`: forget top-1 down >= 50 %, retain top-1 down <= 10 % on held-out chunks;
-    the saved model reproduces the metrics; the same seed gives the same pruned set and metrics."""
+    """The default `unlearn run` (prune, then heal): forget top-1 down >= 75 %, retain top-1 down <= 8 % on
+    held-out chunks (measured: 86.5 % and 5.5 %); the same seed gives the same pruned set, metrics and model."""
     first = unlearn.run({"out_dir": str(tmp_path), "name": "a"})
-    assert first.after["forget_drop"]["top1"] >= 0.50
-    assert first.after["retain_drop"]["top1"] <= 0.10
+    assert first.after["forget_drop"]["top1"] >= 0.75
+    assert first.after["retain_drop"]["top1"] <= 0.08
+    assert "healed 20 steps" in first.metrics["stop_reason"]
     second = unlearn.run({"out_dir": str(tmp_path), "name": "b"})
     assert (first.run_dir / "pruned_neurons.json").read_text() == (second.run_dir / "pruned_neurons.json").read_text()
     assert first.metrics == second.metrics

@@ -57,7 +57,7 @@ def _close(a, b, path=""):
 def test_two_processes_prune_the_same_neurons(tmp_path, tiny_checkpoint, text_files, dtype):
     code, prose = text_files
     model = tiny_checkpoint("llama")
-    method = {"importance": "rms", "ff_frac": 0.05, "attn_frac": 0.05, "steps": 2, "ablation": "mean"}
+    method = {"importance": "rms", "ff_frac": 0.05, "attn_frac": 0.05, "steps": 2, "ablation": "mean", "heal_steps": 0}
     cfg = _config(model, code, prose, tmp_path / "runs", method_config=method, dtype=dtype)
     one = _single({**cfg, "name": "one"})
     two = unlearn.launch({**cfg, "name": "two"}, num_processes=2)

@@ -144,3 +144,44 @@ def test_cuda_probe_measures_and_restores():
     b_fwd = auto_batch_size(m, SEQ, mode="forward", max_batch=1024)
     b_train = auto_batch_size(m, SEQ, mode="train", max_batch=1024)
     assert 1 <= b_train <= b_fwd
+
+
+_ALLOCATOR_PROBE = """
+import ctypes, sys
+from unlearn.models.memory import return_large_frees_to_os
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) * 1024
+def block(size):
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)  # touch every page
+    return p
+if sys.argv[1] == "fixed":
+    assert return_large_frees_to_os()
+libc.free(block(16 << 20))  # one 16 MiB block freed: glibc's default then serves blocks up to 16 MiB from its heap
+start = rss()
+blocks = [block(8 << 20) for _ in range(24)]
+pins = [block(256 << 10) for _ in range(2)]  # blocks above them keep the heap from shrinking back
+for p in blocks:
+    libc.free(p)
+print(rss() - start)
+"""
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc" or not __import__("pathlib").Path("/proc/self/status").exists(),
+    reason="glibc's malloc on Linux only",
+)
+def test_large_frees_go_back_to_the_system():
+    """With the fixed mmap threshold freed 8 MiB blocks leave the process; with glibc's default they stay."""
+    import subprocess
+    import sys
+
+    def kept(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    assert kept("default") > 150 << 20  # most of the 192 MiB stays resident
+    assert kept("fixed") < 20 << 20

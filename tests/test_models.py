@@ -467,7 +467,10 @@ def test_collect_statistics_matches_naive(family):
             "std": x.std(0, unbiased=False),
         }
         for kind, value in expected.items():
-            torch.testing.assert_close(s.importance(kind), value, rtol=1e-5, atol=1e-7, msg=f"{point} {kind}")
+            # the float32 activations of a batch of 2 and of 1 may differ in the last bits (CPU kernels pick their
+            # blocking by shape); the std of a nearly constant neuron (|mean| 0.25, std 0.003) magnifies that to ~2e-7
+            atol = 1e-6 if kind == "std" else 1e-7
+            torch.testing.assert_close(s.importance(kind), value, rtol=1e-5, atol=atol, msg=f"{point} {kind}")
         torch.testing.assert_close(s.mean, x.mean(0), rtol=1e-5, atol=1e-7)
         assert (s.importance("freq") > 0).any() and (s.importance("freq") < 1).any()
         # including the special positions would give different numbers

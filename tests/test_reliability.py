@@ -654,7 +654,7 @@ def test_tied_embeddings_round_trip(env, tokenizer):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    _run_ok(*env["base"], "--model", str(path), "--name", "tied")
+    _run_ok(*env["base"], "--model", str(path), "--name", "tied", "--set", "heal_steps=0")
     saved = env["out"] / "tied" / "model"
     reloaded = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
     assert reloaded.config.tie_word_embeddings
@@ -671,10 +671,11 @@ def test_tied_embeddings_round_trip(env, tokenizer):
 
 
 def test_fp16_on_cpu(env):
-    """--dtype fp16 on the CPU: slower than fp32, but it works (finite metrics) and saves an fp16 checkpoint."""
+    """--dtype fp16 on the CPU: slower than fp32, but it works (finite metrics) and pruning saves an fp16
+    checkpoint (healing trains, and saves, float32 weights)."""
     import math
 
-    result = _run_ok(*env["base"], "--dtype", "fp16", "--name", "half")
+    result = _run_ok(*env["base"], "--dtype", "fp16", "--name", "half", "--set", "heal_steps=0")
     for when in ("before", "after"):
         assert all(math.isfinite(v) for which in ("forget", "retain") for v in result[when][which].values())
     manifest = json.loads((Path(result["run_dir"]) / "manifest.json").read_text(encoding="utf-8"))

@@ -124,7 +124,7 @@ def pruned_run(run_tiny, tmp_path):
     result = run_tiny(
         "sp",
         "selective-pruning",
-        {"steps": 3, "ff_frac": 0.1, "attn_frac": 0.1},
+        {"steps": 3, "ff_frac": 0.1, "attn_frac": 0.1, "heal_steps": 0},
         val_tokens=128,
         stop={"max_retain_drop": 0.9},
         evals=[{"suite": "mcq", "data": [str(geo)]}],

@@ -204,9 +204,12 @@ def test_config_validation(values, where):
 def test_config_defaults_and_registry():
     cfg = get_method("Selective_Pruning ").make_config(None)
     assert isinstance(cfg, SelectivePruningConfig)
-    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("rms", 0.005, 0.005)
-    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 6, True)
-    assert cfg.fraction("ff") == 0.005 and cfg.fraction("attn") == 0.005
+    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("rms", 0.02, 0.02)
+    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 3, True)
+    # the default heals (the fast prune-heal schedule of bench/efficacy.py), with the forget floor
+    assert (cfg.heal_steps, cfg.heal_lr, cfg.heal_batch_size, cfg.heal_tokens) == (20, 1e-4, 2, 40960)
+    assert (cfg.heal_forget_weight, cfg.heal_embeddings, cfg.heal_checkpointing) == (1.0, False, True)
+    assert cfg.fraction("ff") == 0.02 and cfg.fraction("attn") == 0.02
     assert cfg.eps("ff") == 1e-3 and cfg.eps("attn") == 1e-4
     assert SelectivePruningConfig(ff_frac=0.0, attn_frac=0.3).fraction("attn") == 0.3
     with pytest.raises(UnlearnError, match="unknown method 'nope'.*selective-pruning"):
@@ -234,8 +237,9 @@ def setup(tmp_path, tiny_checkpoint, text_files, run_tiny):
 
     def run(name: str, method_config: dict, **overrides):
         budgets = dict(seq_len=SEQ_LEN, stats_tokens=STATS_TOKENS, eval_tokens=EVAL_TOKENS, val_tokens=VAL_TOKENS)
-        # tiny models have too few heads for the default attention fraction
-        mc = {"attn_frac": 0.0, **method_config}
+        # tiny models have too few heads for the default attention fraction; these tests are about pruning:
+        # healing (on by default) is switched on where a test is about it
+        mc = {"attn_frac": 0.0, "heal_steps": 0, **method_config}
         return run_tiny(name, "selective-pruning", mc, **{**budgets, "batch_size": BATCH, **overrides})
 
     return {"run": run, "ckpt": ckpt, "code": code, "prose": prose, "out": tmp_path / "runs"}
@@ -291,7 +295,10 @@ def test_run_end_to_end(setup):
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["method"] == "selective-pruning" and config["seq_len"] == SEQ_LEN and config["seed"] == 0
-    assert config["method_config"] == SelectivePruningConfig(ff_frac=0.1, attn_frac=0.1, steps=2).model_dump()
+    assert (
+        config["method_config"]
+        == SelectivePruningConfig(ff_frac=0.1, attn_frac=0.1, steps=2, heal_steps=0).model_dump()
+    )
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(result.metrics))
@@ -530,12 +537,29 @@ def test_prune_then_heal_keeps_pruned_neurons_pruned(setup, ablation):
         assert torch.count_nonzero(down[:, pruned]) == 0
 
 
+def test_heal_freezes_the_vocabulary_matrices_and_recomputes_activations(setup):
+    """By default healing trains the body only (the token embeddings and the LM head keep their weights) and
+    recomputes activations in the backward pass: the same training as keeping them; heal_embeddings trains all."""
+    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 4, "heal_lr": 3e-3}
+    recomputed = setup["run"]("heal-recomputed", mc)
+    kept = setup["run"]("heal-kept", {**mc, "heal_checkpointing": False})
+    for a, b in zip(recomputed.metrics["train_log"], kept.metrics["train_log"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    original, healed = _plain(setup["ckpt"]), _plain(recomputed.run_dir / "model")
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        assert torch.equal(getattr(healed, get)().weight, getattr(original, get)().weight)
+    up = healed.model.layers[0].mlp.up_proj.weight
+    assert not torch.equal(up, original.model.layers[0].mlp.up_proj.weight)  # the body trained
+    everything = _plain(setup["run"]("heal-embeddings", {**mc, "heal_embeddings": True}).run_dir / "model")
+    assert not torch.equal(everything.get_input_embeddings().weight, original.get_input_embeddings().weight)
+
+
 def test_heal_forget_floor_keeps_forget_loss_up(setup):
     """With heal_forget_weight the healing loss is retain NLL + w * max(0, floor - forget NLL), floor = the pruned
     model's forget NLL on the statistics chunks: the hinge is silent above the floor, pushes back below it, and
     the healed model keeps the forget data less likely than healing on retain alone leaves it."""
     mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 12, "heal_lr": 3e-3}
-    plain = setup["run"]("heal-plain", mc)
+    plain = setup["run"]("heal-plain", {**mc, "heal_forget_weight": 0.0})
     floored = setup["run"]("heal-floor", {**mc, "heal_forget_weight": 5.0})
     assert (floored.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
     floor = floored.manifest["method_facts"]["heal_forget_floor"]
@@ -576,8 +600,8 @@ def test_heal_tokens_extend_the_statistics_chunks(setup):
     assert data["sha256"] == tokens_sha256(big.stats.input_ids)
     assert torch.equal(big.stats.input_ids[: len(small.stats.input_ids)], small.stats.input_ids)
     assert torch.equal(big.eval.input_ids, small.eval.input_ids) and torch.equal(big.val.input_ids, small.val.input_ids)
-    default = setup["run"]("heal-tokens-0", {"ff_frac": 0.2, "steps": 1, "heal_steps": 2})
-    assert default.manifest["method_facts"]["heal_data"]["sha256"] == tokens_sha256(small.stats.input_ids)
+    stats_only = setup["run"]("heal-tokens-0", {"ff_frac": 0.2, "steps": 1, "heal_steps": 2, "heal_tokens": 0})
+    assert stats_only.manifest["method_facts"]["heal_data"]["sha256"] == tokens_sha256(small.stats.input_ids)
     # more than the corpus holds: every chunk after the evaluation and validation chunks, and no error
     everything = setup["run"]("heal-all", {"ff_frac": 0.2, "steps": 1, "heal_steps": 2, "heal_tokens": 10_000_000})
     n_all = len(tokenizer(setup["prose"].read_text()).input_ids)

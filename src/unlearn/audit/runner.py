@@ -136,6 +136,8 @@ def audit(
     eval_tokens = eval_tokens or run_cfg.eval_tokens
     seed = run_cfg.seed if seed is None else seed
     batch_size = batch_size or run_cfg.batch_size
+    # a run folder's model is loaded as the run saved and evaluated it (a trained or healed model is float32)
+    saved_dtype = dtype or (_saved_dtype(run_dir) if run_dir else None) or run_cfg.dtype
     dtype = dtype or run_cfg.dtype
     out_dir = Path(out) if out is not None else run_dir or Path("audits") / _slug(model)
     path = out_dir / "audit.json"
@@ -147,7 +149,7 @@ def audit(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     with reporter.stage(f"loading model {model}"):
-        unlearned = load_model(model, dtype, device, log=reporter.log)
+        unlearned = load_model(model, saved_dtype, device, log=reporter.log)
     with reporter.stage(f"loading original {original}"):
         orig = load_model(original, dtype, device, log=reporter.log)
     if len(unlearned.tokenizer) != len(orig.tokenizer):
@@ -360,6 +362,16 @@ def _data(d) -> DataConfig | None:
     from ..api import _detect_format
 
     return DataConfig(source=str(d), format=_detect_format(str(d)))
+
+
+def _saved_dtype(run_dir: Path) -> str | None:
+    """The dtype a run folder's manifest records for its saved model (None if it records none)."""
+    import json
+
+    try:
+        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["model"]["dtype"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _run_config(run_dir: Path) -> RunConfig:

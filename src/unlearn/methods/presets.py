@@ -11,9 +11,9 @@ from ..errors import UnlearnError
 PRESETS: dict[str, dict] = {
     "paper": {
         "summary": "the published selective pruning (Pochinkov & Schoots 2024): abs importance, 2 % of the "
-        "feed-forward neurons per step, zero ablation",
+        "feed-forward neurons per step, zero ablation, no healing",
         "method": "selective-pruning",
-        "method_config": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4},
+        "method_config": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4, "heal_steps": 0},
     },
     "prune-heal": {
         "summary": "prune 6 % of the feed-forward and attention neurons (rms, 1 % + 1 % per step), then heal: "
@@ -27,6 +27,7 @@ PRESETS: dict[str, dict] = {
             "steps": 6,
             "heal_steps": 40,
             "heal_lr": 5e-5,
+            "heal_batch_size": 4,
             "heal_tokens": 40960,
             "heal_forget_weight": 1.0,
         },

@@ -5,6 +5,12 @@ Per step: collect per-neuron statistics on the forget and retain statistics chun
 ``I_forget / (I_retain + eps)``, ablate the top ``ff_frac`` of feed-forward and ``attn_frac`` of attention
 neurons (across all layers, or within each layer), evaluate, and repeat — statistics are re-collected on the
 pruned model unless ``recollect`` is off.
+
+Then, by default, heal (:func:`heal`): a few steps of next-token training on retain text with the pruned neurons
+held pruned and a forget floor, which gives back most of the retain accuracy pruning took and keeps the forget
+data at least as unlikely as pruning left it. The defaults (2 % + 2 % per step, 3 steps, 20 healing steps) are
+the fast schedule measured in ``bench/efficacy.py`` (variant ``default``); ``heal_steps=0`` prunes only, and the
+``paper`` preset is the published algorithm.
 """
 
 from __future__ import annotations
@@ -26,32 +32,43 @@ class SelectivePruningConfig(BaseModel):
     importance: Literal["freq", "abs", "rms", "std"] = Field(
         "rms", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"
     )
-    ff_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
-    attn_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
-    steps: int = Field(6, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
+    ff_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
+    attn_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
+    steps: int = Field(3, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
     scope: Literal["global", "layer"] = Field("global", description="rank neurons across all layers or per layer")
     ablation: Literal["zero", "mean"] = Field("zero", description="set pruned neurons to 0 or to their retain mean")
     eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for feed-forward neurons")
     eps_attn: float = Field(1e-4, gt=0, description="eps in I_forget / (I_retain + eps) for attention neurons")
     recollect: bool = Field(True, description="re-collect statistics on the pruned model before every step")
     heal_steps: int = Field(
-        0,
+        20,
         ge=0,
         le=100_000,
-        description="after pruning, optimizer steps of next-token training on the retain statistics chunks with "
-        "the pruned neurons held at their ablated value (prune-then-heal; 0 = off)",
+        description="after pruning, optimizer steps of next-token training on retain chunks (heal_tokens) with "
+        "the pruned neurons held at their ablated value (prune-then-heal; 0 = prune only)",
     )
-    heal_lr: float = Field(2e-5, gt=0, lt=1, description="learning rate of the healing steps (AdamW)")
-    heal_batch_size: int = Field(4, ge=1, description="retain (and forget) chunks per healing step")
+    heal_lr: float = Field(1e-4, gt=0, lt=1, description="learning rate of the healing steps (AdamW)")
+    heal_batch_size: int = Field(2, ge=1, description="retain (and forget) chunks per healing step")
+    heal_embeddings: bool = Field(
+        False,
+        description="train the token embeddings and the LM head too while healing (off: they keep their weights; "
+        "for SmolLM2-135M, whose two are one tied matrix, 28M fewer trained parameters and about 0.4 GiB less "
+        "memory)",
+    )
+    heal_checkpointing: bool = Field(
+        True,
+        description="activation checkpointing while healing: recompute each layer's activations in the backward "
+        "pass (about 1 GiB less memory on SmolLM2-135M, about a third more compute per healing step)",
+    )
     heal_tokens: int = Field(
-        0,
+        40960,
         ge=0,
         le=100_000_000,
         description="retain tokens to heal on, at most: the statistics chunks, then the retain chunks after them "
         "(fewer if the corpus has no more; 0 = the statistics chunks only)",
     )
     heal_forget_weight: float = Field(
-        0.0,
+        1.0,
         ge=0,
         le=1000,
         description="weight g of a forget floor while healing: the loss adds g * max(0, floor - forget NLL), "
@@ -193,7 +210,9 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         saver = getattr(ctx, "save_checkpoint", None)  # None in a context without a run folder
         if saver and step < cfg.steps:
             saver({"ablation": ablation, "steps": steps, "current": current})
-    if not cfg.heal_steps:
+    if cfg.heal_steps and not any(ablation.total(k) for k in kinds):
+        stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
+    if not cfg.heal_steps or not any(ablation.total(k) for k in kinds):
         return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
     healed = heal(ctx, ablation, cfg, heal_data)
     stop_reason += f"; healed {cfg.heal_steps} steps on retain"
@@ -208,6 +227,12 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     return MethodResult(
         ablation=ablation, steps=steps, stop_reason=stop_reason, model=healed.model, log=healed.log, extra=extra
     )
+
+
+def _body(model) -> list:
+    """The parameters other than the token embeddings and the LM head (one tensor when they are tied)."""
+    vocab = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    return [p for p in model.parameters() if id(p) not in vocab]
 
 
 def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> MethodResult:
@@ -232,7 +257,9 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         return losses.nll(logits, batch["labels"])
 
-    tcfg = TrainConfig(steps=cfg.heal_steps, lr=cfg.heal_lr, batch_size=cfg.heal_batch_size)
+    tcfg = TrainConfig(
+        steps=cfg.heal_steps, lr=cfg.heal_lr, batch_size=cfg.heal_batch_size, checkpointing=cfg.heal_checkpointing
+    )
     retain = types.SimpleNamespace(stats=retain_split)
     # healing is short: it restarts on --resume
     view = context_view(ctx, retain=retain, save_checkpoint=None, resumed=None)
@@ -251,7 +278,7 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
                 "forget_loss": f.detach(),
             }
 
-        result = train(view, tcfg, loss)
+        result = train(view, tcfg, loss, trainable=None if cfg.heal_embeddings else _body)
     result.extra["forget_floor"] = floor
     result.extra["heal_data"] = {"n_tokens": retain_split.n_tokens, "sha256": tokens_sha256(retain_split.input_ids)}
     return result

@@ -40,6 +40,11 @@ class TrainConfig(BaseModel):
         0, ge=0, description="evaluate every k steps (0 = only at the end; with a budget, check it every 5 steps)"
     )
     lora: str | None = Field(None, description="train LoRA adapters instead: 'r=16[,alpha=32,dropout=0,targets=a;b]'")
+    checkpointing: bool = Field(
+        False,
+        description="activation checkpointing: keep only each layer's input and recompute its activations in the "
+        "backward pass (less memory, about a third more compute)",
+    )
 
     @field_validator("lora")
     @classmethod
@@ -143,6 +148,8 @@ def train(
     reference = None
     if needs_reference:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.checkpointing:
+        _set_checkpointing(model, True)
     if cfg.lora:  # peft freezes the base model and trains the adapters
         model = wrap_lora(model, cfg.lora)
         if lora_init is not None:
@@ -156,7 +163,9 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnlearnError("nothing to train: no parameter requires a gradient")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # on the CPU the per-tensor loop is faster (0.53 s against 0.78 s per step for SmolLM2-135M on 2 cores) and
+    # needs no parameter-sized temporaries
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=device != "cpu")
     schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     # sharded training: an unsharded copy receives the gathered weights for evaluation and export
     sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
@@ -249,6 +258,8 @@ def train(
                 )
     model.eval()
     trained = _export(accelerator, model, merge=True, template=template)
+    if cfg.checkpointing:
+        _set_checkpointing(trained, False)
     return MethodResult(
         ablation=None,
         steps=steps,
@@ -302,6 +313,21 @@ def _accelerator(grad_accum: int, cpu: bool):
     except ValueError:
         AcceleratorState._reset_state(reset_partial_state=True)
         return Accelerator(mixed_precision="no", gradient_accumulation_steps=grad_accum, cpu=cpu)
+
+
+def _set_checkpointing(model, on: bool) -> None:
+    """Turn transformers' activation checkpointing on (non-reentrant) or off."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UnlearnError(f"{type(model).__name__} does not support activation checkpointing: drop checkpointing")
+    new = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5.x; the older names warn there
+    if on and new:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif new:
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def _snapshot(params) -> list[torch.Tensor]:

@@ -326,3 +326,29 @@ def auto_batch_size(
     while batch * 2 <= max_batch and estimate.bytes(batch * 2) <= budget:
         batch *= 2
     return batch
+
+
+# -- the process's allocator ----------------------------------------------------------------------------------------
+
+
+def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
+    """Make glibc serve every allocation of ``threshold`` bytes or more with its own ``mmap``, so freeing it
+    gives the memory back to the system at once.
+
+    glibc's default raises this threshold each time a large block is freed (up to 32 MiB), after which tensors
+    of that size come from the heap and their freed pages stay in the process: a training step's activations
+    and logits then pile up as resident memory the next step does not reuse (measured on healing SmolLM2-135M
+    on the CPU: peak RSS 3.25 GiB with the default against 2.84 GiB with a fixed 1 MiB threshold, same speed).
+    Process-wide, so the CLI calls it for its own process; a no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError):
+        return False

@@ -210,9 +210,10 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         saver = getattr(ctx, "save_checkpoint", None)  # None in a context without a run folder
         if saver and step < cfg.steps:
             saver({"ablation": ablation, "steps": steps, "current": current})
-    if cfg.heal_steps and not any(ablation.total(k) for k in kinds):
+    pruned_any = any(ablation.total(k) for k in kinds)
+    if cfg.heal_steps and not pruned_any:
         stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
-    if not cfg.heal_steps or not any(ablation.total(k) for k in kinds):
+    if not cfg.heal_steps or not pruned_any:
         return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
     healed = heal(ctx, ablation, cfg, heal_data)
     stop_reason += f"; healed {cfg.heal_steps} steps on retain"

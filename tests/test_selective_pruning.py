@@ -205,10 +205,11 @@ def test_config_defaults_and_registry():
     cfg = get_method("Selective_Pruning ").make_config(None)
     assert isinstance(cfg, SelectivePruningConfig)
     assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("rms", 0.02, 0.02)
-    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 3, True)
-    # the default heals (the fast prune-heal schedule of bench/efficacy.py), with the forget floor
-    assert (cfg.heal_steps, cfg.heal_lr, cfg.heal_batch_size, cfg.heal_tokens) == (20, 1e-4, 2, 40960)
+    assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 1, True)
+    # the default heals by distillation (KL to the original on retain text) under a raised forget floor
+    assert (cfg.heal_steps, cfg.heal_lr, cfg.heal_batch_size, cfg.heal_tokens) == (8, 1e-4, 2, 16384)
     assert (cfg.heal_forget_weight, cfg.heal_embeddings, cfg.heal_checkpointing) == (1.0, False, True)
+    assert (cfg.heal_target, cfg.heal_floor_scale, cfg.heal_lora) == ("kl", 1.5, None)
     assert cfg.fraction("ff") == 0.02 and cfg.fraction("attn") == 0.02
     assert cfg.eps("ff") == 1e-3 and cfg.eps("attn") == 1e-4
     assert SelectivePruningConfig(ff_frac=0.0, attn_frac=0.3).fraction("attn") == 0.3
@@ -519,7 +520,7 @@ def test_prune_then_heal_keeps_pruned_neurons_pruned(setup, ablation):
     """Healing trains on retain with the pruned neurons held at their ablated value: their output-projection
     columns get no gradient (zero ablation: they stay exactly 0 in the saved model), the same neurons are
     pruned as without healing, and the retain loss goes down from where pruning left it."""
-    mc = {"ff_frac": 0.2, "steps": 2, "ablation": ablation}
+    mc = {"ff_frac": 0.2, "steps": 2, "ablation": ablation, "heal_target": "nll", "heal_floor_scale": 1}
     plain = setup["run"]("plain-" + ablation, mc)
     healed = setup["run"]("healed-" + ablation, {**mc, "heal_steps": 8, "heal_lr": 3e-3})
     assert (healed.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
@@ -558,7 +559,7 @@ def test_heal_forget_floor_keeps_forget_loss_up(setup):
     """With heal_forget_weight the healing loss is retain NLL + w * max(0, floor - forget NLL), floor = the pruned
     model's forget NLL on the statistics chunks: the hinge is silent above the floor, pushes back below it, and
     the healed model keeps the forget data less likely than healing on retain alone leaves it."""
-    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 12, "heal_lr": 3e-3}
+    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 12, "heal_lr": 3e-3, "heal_target": "nll", "heal_floor_scale": 1}
     plain = setup["run"]("heal-plain", {**mc, "heal_forget_weight": 0.0})
     floored = setup["run"]("heal-floor", {**mc, "heal_forget_weight": 5.0})
     assert (floored.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
@@ -575,6 +576,25 @@ def test_heal_forget_floor_keeps_forget_loss_up(setup):
     assert any(e["forget_loss"] < floor for e in log)  # healing pulled the forget loss down, the hinge acted
     assert floored.after["forget"]["loss"] > plain.after["forget"]["loss"]
     assert "heal_forget_floor" not in plain.manifest["method_facts"]
+
+
+def test_heal_by_distillation_and_a_raised_floor(setup):
+    """heal_target kl fits KL(original ‖ model) on the retain chunks: non-negative, and healing lowers it;
+    heal_floor_scale raises the forget floor above the pruned model's forget NLL, and the hinge then pushes the
+    forget loss further up than a floor at the pruned level does."""
+    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 6, "heal_lr": 3e-3, "heal_forget_weight": 5.0}
+    kl = setup["run"]("heal-kl", {**mc, "heal_target": "kl", "heal_floor_scale": 1.0})
+    assert all(e["retain_loss"] >= 0 for e in kl.metrics["train_log"])
+    # distillation stays near the original's predictions where next-token training moves away from them
+    free = {**mc, "heal_forget_weight": 0.0, "heal_floor_scale": 1.0}
+    by_kl, by_nll = (setup["run"](f"free-{t}", {**free, "heal_target": t}) for t in ("kl", "nll"))
+    moved = [abs(r.after["retain"]["loss"] - r.before["retain"]["loss"]) for r in (by_kl, by_nll)]
+    assert moved[0] < moved[1]
+    raised = setup["run"]("heal-raised", {**mc, "heal_target": "kl", "heal_floor_scale": 2.0})
+    facts = raised.manifest["method_facts"]
+    assert facts["heal_forget_floor"] == pytest.approx(2.0 * kl.manifest["method_facts"]["heal_forget_floor"])
+    assert all(e["forget_loss"] < facts["heal_forget_floor"] for e in raised.metrics["train_log"][:1])
+    assert raised.after["forget"]["loss"] > kl.after["forget"]["loss"]
 
 
 def test_heal_tokens_extend_the_statistics_chunks(setup):

@@ -26,7 +26,7 @@ from .eval.metrics import evaluate_split, relative_drop
 from .methods import get_method, registry
 from .models.adapters import adapter_for
 from .models.hooks import Ablation, ablated, collect_statistics
-from .models.load import LoadedModel, load_model, state_dict_hash
+from .models.load import LoadedModel, cpu_level, load_model, state_dict_hash
 from .models.save import check_foldable, fold, save_checkpoint
 from .progress import Reporter
 from .report.rundir import RunFolder, find_interrupted
@@ -132,15 +132,23 @@ class MethodContext:
         base = self.baseline if split == "eval" else self.baseline_val
         if base:
             for which in ("forget", "retain"):
-                out[f"{which}_drop"] = {
-                    k: relative_drop(base[which][k], out[which][k])
-                    for k in out[which]
-                    if k not in ("loss", "perplexity", "n_tokens")
-                }
+                out[f"{which}_drop"] = _drops(base[which], out[which])
+        self.timings["evaluation"] += time.perf_counter() - start
+        return out
+
+    def evaluate_utility(self, model=None, label: str = "") -> dict:
+        """Metrics of ``model`` (default: the working model) on the utility corpus's evaluation chunks."""
+        start = time.perf_counter()
+        model = model if model is not None else self.model
+        with self.reporter.task(f"{label}: utility", self.utility.eval.n_tokens) as advance:
+            out = evaluate_split(
+                model, self.utility.eval, batch_size=self.config.batch_size, skip_k=self.config.skip_k, progress=advance
+            )
         self.timings["evaluation"] += time.perf_counter() - start
         return out
 
     original: object | None = None  # a frozen copy of the model before unlearning (for a KL budget)
+    utility: Corpus | None = None  # general text that no step of the method sees: evaluated before and after
 
     @property
     def budgeted(self) -> bool:
@@ -184,6 +192,46 @@ class MethodContext:
         return None, metrics
 
 
+LONG_RUN_S = 600  # a run expected to take longer says so before its slow part
+
+
+def estimated_seconds(ctx: MethodContext, method_cfg, seconds_per_token: float) -> float | None:
+    """The method's expected time and the evaluation after it, from the forward passes it will make (a training
+    step's forward and backward count as three forward passes) and the measured ``seconds_per_token`` of a
+    forward pass; None for a method whose work is not known in advance."""
+    cfg = ctx.config
+    evaluated = sum(c.eval.n_tokens for c in (ctx.forget, ctx.retain, ctx.utility) if c is not None)
+    stats = ctx.forget.stats.n_tokens + ctx.retain.stats.n_tokens
+    if hasattr(method_cfg, "heal_steps"):  # selective pruning: statistics and an evaluation per step, then healing
+        per_step = stats + ctx.forget.eval.n_tokens + ctx.retain.eval.n_tokens
+        scored = 2 if method_cfg.heal_forget_weight else 1
+        heal = method_cfg.heal_steps * method_cfg.heal_batch_size * cfg.seq_len * scored * 3
+        tokens = method_cfg.steps * per_step + heal * (1.3 if method_cfg.heal_checkpointing else 1.0)
+    elif hasattr(method_cfg, "grad_accum"):  # a trained method: forget and retain micro-batches per step
+        tokens = method_cfg.steps * method_cfg.grad_accum * method_cfg.batch_size * cfg.seq_len * 2 * 3
+    else:
+        return None
+    return (tokens + evaluated) * seconds_per_token
+
+
+def _announce_long_run(ctx: MethodContext, method_cfg, baseline_seconds: float) -> None:
+    """Say first when the run is expected to take more than ten minutes (the rate: the baseline evaluation's)."""
+    measured = sum(c.eval.n_tokens for c in (ctx.forget, ctx.retain, ctx.utility) if c is not None)
+    if not measured or baseline_seconds <= 0:
+        return
+    eta = estimated_seconds(ctx, method_cfg, baseline_seconds / measured)
+    if eta is not None and eta > LONG_RUN_S:
+        ctx.reporter.log(
+            f"this run will take about {eta / 60:.0f} more minutes on this machine (estimated from the baseline "
+            f"evaluation's {measured / baseline_seconds:.0f} tokens/s)"
+        )
+
+
+def _drops(before: dict, after: dict) -> dict:
+    """Relative drop of every accuracy metric (not of loss or perplexity)."""
+    return {k: relative_drop(before[k], after[k]) for k in after if k not in ("loss", "perplexity", "n_tokens")}
+
+
 def coerce_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
     if config is None:
         return RunConfig()
@@ -223,15 +271,29 @@ def versions() -> dict:
         "safetensors": safetensors.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_level": cpu_level(),
+        "threads": torch.get_num_threads(),
     }
 
 
-def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[Corpus, Corpus]:
+def _corpora(loaded: LoadedModel, cfg: RunConfig, reporter: Reporter) -> tuple[Corpus, Corpus, Corpus | None]:
     out = []
     for which, data in (("forget", cfg.forget), ("retain", cfg.retain)):
         with reporter.stage(f"tokenising {which} corpus {data.source}"):
             out.append(_corpus(which, data, loaded.tokenizer, cfg))
-    return out[0], out[1]
+    utility = None
+    if cfg.utility is not None:  # evaluation chunks only: no step of the method sees this text
+        with reporter.stage(f"tokenising utility corpus {cfg.utility.source}"):
+            utility = build_corpus(
+                "utility",
+                cfg.utility.spec(),
+                loaded.tokenizer,
+                seq_len=cfg.seq_len,
+                eval_tokens=cfg.eval_tokens,
+                stats_tokens=0,
+                seed=cfg.seed,
+            )
+    return out[0], out[1], utility
 
 
 def _corpus(which: str, data: DataConfig, tokenizer, cfg: RunConfig, stats_at_most: bool = False) -> Corpus:
@@ -342,10 +404,11 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
     _check_parent_model(parent, model_hash)
 
     start = time.perf_counter()
-    forget, retain = _corpora(loaded, cfg, reporter)
+    forget, retain, utility = _corpora(loaded, cfg, reporter)
     timings["data"] = time.perf_counter() - start
 
     ctx = MethodContext(loaded, adapter, forget, retain, cfg, reporter, folder=folder if main else None)
+    ctx.utility = utility
     ctx.resumed = folder.load_checkpoint()
     if ctx.resumed is not None and ctx.resumed.get("model_sha256") != model_hash:
         raise UnlearnError(f"the model {cfg.model} changed since the interrupted run started: it cannot be resumed")
@@ -356,7 +419,10 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
         ctx.original = copy.deepcopy(loaded.model).eval().requires_grad_(False)
     start = time.perf_counter()
     ctx.baseline = ctx.evaluate(label="before")
+    if utility is not None:
+        ctx.baseline["utility"] = ctx.evaluate_utility(label="before")
     timings["baseline_evaluation"] = time.perf_counter() - start
+    _announce_long_run(ctx, method_cfg, timings["baseline_evaluation"])
     start = time.perf_counter()  # earlier requests on the parent model, before the method changes anything
     earlier = _earlier_requests(parent, loaded.tokenizer, reporter)
     _measure_earlier(
@@ -386,6 +452,9 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
     after = result.final if result.final is not None else ctx.evaluate(result.ablation, label="after")
     # the unlearned model as it is saved: hooks folded into the weights (the working copy is changed in place)
     model = fold(loaded.model, adapter, result.ablation) if result.ablation else loaded.model
+    if utility is not None:  # general text no step used: on the model as it is saved
+        after = {**after, "utility": ctx.evaluate_utility(model=model, label="after")}
+        after["utility_drop"] = _drops(ctx.baseline["utility"], after["utility"])
     out_hash = state_dict_hash(model) if cfg.save_model or cfg.evals else None  # once: suites and manifest
     start = time.perf_counter()
     _measure_earlier(
@@ -447,8 +516,11 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
                     "eval_tokens": c.eval.n_tokens,
                     "stats_tokens": c.stats.n_tokens,
                     "val_tokens": c.val.n_tokens if c.val is not None else 0,
+                    # evaluated on held-out chunks of the very text the method used (its own distribution)
+                    "eval_on_method_text": c.name != "utility" and not getattr(cfg, c.name).eval_source,
                 }
-                for c in (forget, retain)
+                for c in (forget, retain, utility)
+                if c is not None
             },
             "pruned_neurons_per_layer": ablation.counts(adapter.n_layers(loaded.model)),
             "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},

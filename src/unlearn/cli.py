@@ -137,8 +137,17 @@ def _set(d: dict, key: str, value) -> None:
     help="A previous run folder: unlearn its saved model further (a sequential request; its files are verified "
     "first and left unchanged, and earlier requests are re-measured).",
 )
-@click.option("--forget", help="Forget corpus: file, folder, glob, python-stdlib (default), english-prose or hf:NAME.")
-@click.option("--retain", help="Retain corpus: same forms as --forget (default english-prose).")
+@click.option(
+    "--forget",
+    help="Forget corpus: file, folder, glob, hf:NAME or a built-in: python-stdlib (default), english-prose, "
+    "general-english.",
+)
+@click.option("--retain", help="Retain corpus: same forms as --forget (default general-english).")
+@click.option(
+    "--utility",
+    help="General text that no step of the method uses, evaluated before and after: the summary's utility row "
+    "(same forms as --forget; default general-english-heldout; none = no utility row).",
+)
 @click.option(
     "--forget-field", "forget_fields", multiple=True, help="Record field(s) holding forget text (default text)."
 )
@@ -284,6 +293,7 @@ def run(
     from_run,
     forget,
     retain,
+    utility,
     forget_fields,
     retain_fields,
     forget_format,
@@ -364,8 +374,10 @@ def run(
             if fields:
                 data["fields"] = list(fields)
             if "source" not in data:
-                data["source"] = "python-stdlib" if which == "forget" else "english-prose"
+                data["source"] = "python-stdlib" if which == "forget" else "general-english"
             values[which] = data
+    if utility is not None:
+        values["utility"] = None if utility.strip().lower() == "none" else {"source": utility}
     if no_save_model:
         values["save_model"] = False
     if no_report:
@@ -454,29 +466,52 @@ def _print_summary(result) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
-    for which in ("forget", "retain"):
+    data = result.manifest.get("data", {})
+    own = [w for w in ("forget", "retain") if data.get(w, {}).get("eval_on_method_text")]
+    for which in [w for w in ("forget", "retain", "utility") if w in before]:
         for metric in ("top1", "top10", "loss"):
             b, a = before[which][metric], after[which][metric]
             change = f"{(a - b) / b:+.1%}" if metric == "loss" else f"-{relative_drop(b, a):.1%}".replace("--", "+")
-            table.add_row(
-                f"{which} ({getattr(result.config, which).source})" if metric == "top1" else "",
-                metric,
-                f"{b:.4f}",
-                f"{a:.4f}",
-                change,
-            )
+            label = f"{which} ({getattr(result.config, which).source}){' *' if which in own else ''}"
+            table.add_row(label if metric == "top1" else "", metric, f"{b:.4f}", f"{a:.4f}", change)
     console = Console()
     console.print(table)
+    if "retain" in own:
+        note = "utility: text no step of the method used" if "utility" in before else "pass --utility DATA"
+        console.print(
+            f"* measured on held-out chunks of the text the method itself used (its own distribution); {note}",
+            highlight=False,
+        )
     pruned = result.manifest["pruned_total"]
     console.print(
         f"pruned: {pruned['ff']} feed-forward, {pruned['attn']} attention neurons; "
         f"stopped: {result.metrics['stop_reason']}",
         highlight=False,
     )
+    console.print("time: " + _stage_times(result.manifest), highlight=False)
     for suite in result.metrics.get("suites", {}).get("after", {}):
         console.print(f"suite {suite}: eval/{suite}.json (before: eval/before/{suite}.json)", highlight=False)
     _print_earlier(console, result.metrics.get("earlier_requests"))
     console.print(f"run folder: {result.run_dir}", highlight=False)
+
+
+def _stage_times(manifest: dict) -> str:
+    """Each stage's seconds, e.g. "load 4 s, statistics 51 s, ..., total 212 s" (stages under half a second left
+    out); "evaluation" is every evaluation after the baseline (per step and after unlearning)."""
+    t = manifest.get("timings_s", {})
+    heal = (manifest.get("method_facts") or {}).get("heal_seconds", 0.0)
+    stages = {
+        "load": t.get("load_model", 0.0),
+        "data": t.get("data", 0.0),
+        "baseline evaluation": t.get("baseline_evaluation", 0.0),
+        "statistics": t.get("statistics", 0.0),
+        "healing": heal,
+        "evaluation": t.get("evaluation", 0.0) - t.get("baseline_evaluation", 0.0),
+        "suites": t.get("suites_before", 0.0) + t.get("suites_after", 0.0),
+        "save": t.get("save", 0.0),
+    }
+    parts = [f"{name} {sec:.0f} s" for name, sec in stages.items() if sec >= 0.5]
+    return ", ".join(parts + [f"total {t.get('total', 0.0):.0f} s"])
 
 
 def _print_earlier(console, entries: list[dict] | None) -> None:

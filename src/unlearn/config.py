@@ -19,7 +19,8 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class DataConfig(BaseModel):
-    """A corpus: a file, folder, glob, built-in name (python-stdlib, english-prose) or hf:NAME."""
+    """A corpus: a file, folder, glob, built-in name (python-stdlib, english-prose, general-english,
+    general-english-heldout) or hf:NAME."""
 
     model_config = ConfigDict(extra="forbid")
     source: str
@@ -105,15 +106,20 @@ class RunConfig(BaseModel):
         "evaluation; trained methods shard with FSDP / DeepSpeed through --launcher accelerate instead)",
     )
     forget: DataConfig = Field(default_factory=lambda: DataConfig(source="python-stdlib"))
-    retain: DataConfig = Field(default_factory=lambda: DataConfig(source="english-prose"))
+    retain: DataConfig = Field(default_factory=lambda: DataConfig(source="general-english"))
+    utility: DataConfig | None = Field(
+        default_factory=lambda: DataConfig(source="general-english-heldout"),
+        description="general text that no step of the method uses, evaluated before and after (eval_tokens): the "
+        "run's utility row, an honest measure of the damage beyond the retain data (null = none)",
+    )
     method: str = "selective-pruning"
     preset: str | None = Field(
         None, description="a named method configuration (see unlearn methods); explicit method_config entries win"
     )
     method_config: dict = Field(default_factory=dict, description="parameters of the method (see unlearn methods)")
     seq_len: int = Field(256, ge=8, le=32768, description="tokens per chunk")
-    stats_tokens: int = Field(16384, ge=1, description="tokens per corpus for the method's statistics/training")
-    eval_tokens: int = Field(8192, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
+    stats_tokens: int = Field(8192, ge=1, description="tokens per corpus for the method's statistics/training")
+    eval_tokens: int = Field(2048, ge=1, description="tokens per corpus for evaluation (disjoint from stats)")
     val_tokens: int = Field(
         2048,
         ge=0,
@@ -165,6 +171,13 @@ class RunConfig(BaseModel):
         if self.stop.active and not self.val_tokens:
             raise ValueError("a stopping budget or target is measured on validation chunks: set val_tokens > 0")
         return self
+
+    @field_validator("utility")
+    @classmethod
+    def _utility_is_text(cls, v):
+        if v is not None and (v.format != "text" or v.eval_source is not None):
+            raise ValueError("utility is running text that is only evaluated: no format qa, no eval_source")
+        return v
 
     @field_validator("from_run")
     @classmethod
@@ -244,7 +257,7 @@ def parse_config(values: dict) -> RunConfig:
         raise UnlearnError(f"invalid config: {exc}") from exc
 
 
-MAPPINGS = ("forget", "retain", "stop", "method_config")  # config sections that hold settings of their own
+MAPPINGS = ("forget", "retain", "utility", "stop", "method_config")  # config sections that hold settings of their own
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -13,18 +13,27 @@ class Reporter:
         self.console = console
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int):
+    def task(self, description: str, total: int, unit: str = "tokens"):
         if self.console is None or not self.console.is_terminal:  # bars only make sense on a terminal
             yield lambda n=1: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("tokens"),
+            TextColumn(unit),
             TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
             console=self.console,
             transient=True,
         ) as bar:

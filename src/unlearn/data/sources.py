@@ -6,7 +6,13 @@ as it needs. Built-in sources use material that is on every machine with Python:
 * ``python-stdlib``: the ``.py`` files of the running Python's standard library (tests and site-packages
   excluded) — source code, the default *forget* corpus.
 * ``english-prose``: the reference prose of ``pydoc_data/topics.py`` (the text ``help("if")`` shows) with its
-  code blocks, grammar rules and headings removed — the default *retain* corpus.
+  code blocks, grammar rules and headings removed: one narrow register of English (technical reference);
+* ``general-english``: everyday English on 87 subjects in eight forms (encyclopedia entries, news reports,
+  stories, letters, dialogues, poems, explanations, descriptions), written by SmolLM2-135M-Instruct and shipped
+  with this package (``general_english.jsonl.gz``, made by ``scripts/make_general_english.py``) — the default
+  *retain* corpus;
+* ``general-english-heldout``: the same kind of text on 21 other subjects, which no method sees — the default
+  *utility* corpus (general English that no step of a run used).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from pathlib import Path
 
 from ..errors import UnlearnError
 
-BUILTIN = ("python-stdlib", "english-prose")
+BUILTIN = ("python-stdlib", "english-prose", "general-english", "general-english-heldout")
+GENERAL_ENGLISH = Path(__file__).with_name("general_english.jsonl.gz")
 STRUCTURED = (".jsonl", ".json", ".csv", ".parquet")
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "__pycache__", "idle_test", "pydoc_data"}
 
@@ -49,6 +56,8 @@ def iter_documents(spec: DataSpec) -> Iterator[tuple[str, str]]:
         yield from _stdlib_code()
     elif src == "english-prose":
         yield from _pydoc_prose()
+    elif src in ("general-english", "general-english-heldout"):
+        yield from _general_english("heldout" if src.endswith("heldout") else "train")
     elif src.startswith("hf:"):
         for where, rec in _hf_records(src[3:], spec.hf_config, spec.hf_split):
             yield where, _record_text(rec, spec.fields, where)
@@ -274,3 +283,16 @@ def _pydoc_prose() -> Iterator[tuple[str, str]]:
         text = prose_only(namespace["topics"][key])
         if text:
             yield f"pydoc:{key}", text
+
+
+def _general_english(part: str) -> Iterator[tuple[str, str]]:
+    """The texts of one half (``train`` or ``heldout``) of the shipped general-English corpus, in file order."""
+    import gzip
+
+    if not GENERAL_ENGLISH.is_file():
+        raise UnlearnError(f"built-in general-English corpus missing: {GENERAL_ENGLISH} (reinstall unlearn-lm)")
+    with gzip.open(GENERAL_ENGLISH, "rt", encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            rec = json.loads(line)
+            if rec["part"] == part:
+                yield f"general-english:{i}", rec["text"]

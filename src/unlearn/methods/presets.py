@@ -30,6 +30,8 @@ PRESETS: dict[str, dict] = {
             "heal_batch_size": 4,
             "heal_tokens": 40960,
             "heal_forget_weight": 1.0,
+            "heal_target": "nll",
+            "heal_floor_scale": 1.0,
         },
     },
 }

@@ -19,7 +19,7 @@ import types
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import UnlearnError
 from ..models.hooks import Ablation
@@ -34,14 +34,14 @@ class SelectivePruningConfig(BaseModel):
     )
     ff_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
     attn_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
-    steps: int = Field(3, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
+    steps: int = Field(1, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
     scope: Literal["global", "layer"] = Field("global", description="rank neurons across all layers or per layer")
     ablation: Literal["zero", "mean"] = Field("zero", description="set pruned neurons to 0 or to their retain mean")
     eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for feed-forward neurons")
     eps_attn: float = Field(1e-4, gt=0, description="eps in I_forget / (I_retain + eps) for attention neurons")
     recollect: bool = Field(True, description="re-collect statistics on the pruned model before every step")
     heal_steps: int = Field(
-        20,
+        8,
         ge=0,
         le=100_000,
         description="after pruning, optimizer steps of next-token training on retain chunks (heal_tokens) with "
@@ -60,8 +60,19 @@ class SelectivePruningConfig(BaseModel):
         description="activation checkpointing while healing: recompute each layer's activations in the backward "
         "pass (about 1 GiB less memory on SmolLM2-135M, about a third more compute per healing step)",
     )
+    heal_target: Literal["nll", "kl"] = Field(
+        "kl",
+        description="what healing fits on the retain chunks: nll = their next tokens; kl = the original model's "
+        "whole next-token distribution, KL(original ‖ model) (distillation: keeps the model's calibration instead "
+        "of sharpening it towards the retain text; one more forward pass per step, and a copy of the model)",
+    )
+    heal_lora: str | None = Field(
+        None,
+        description="heal LoRA adapters instead of the whole body ('r=16[,alpha=32,targets=a;b]'), merged into the "
+        "saved weights: a cheaper backward pass (no weight gradients of the frozen body) and no optimizer state",
+    )
     heal_tokens: int = Field(
-        40960,
+        16384,
         ge=0,
         le=100_000_000,
         description="retain tokens to heal on, at most: the statistics chunks, then the retain chunks after them "
@@ -75,6 +86,23 @@ class SelectivePruningConfig(BaseModel):
         "floor = the pruned model's forget NLL on the statistics chunks: healing may not make them likelier "
         "than pruning left them (0 = retain loss only)",
     )
+
+    heal_floor_scale: float = Field(
+        1.5,
+        ge=1,
+        le=100,
+        description="the forget floor is this multiple of the pruned model's forget NLL: 1 keeps the forget data "
+        "as unlikely as pruning left it; above 1 the hinge pushes it further (bounded gradient ascent)",
+    )
+
+    @field_validator("heal_lora")
+    @classmethod
+    def _lora_syntax(cls, v):
+        if v is not None:
+            from .training import parse_lora
+
+            parse_lora(v)
+        return v
 
     @model_validator(mode="after")
     def _something_to_prune(self):
@@ -259,21 +287,45 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
         return losses.nll(logits, batch["labels"])
 
     tcfg = TrainConfig(
-        steps=cfg.heal_steps, lr=cfg.heal_lr, batch_size=cfg.heal_batch_size, checkpointing=cfg.heal_checkpointing
+        steps=cfg.heal_steps,
+        lr=cfg.heal_lr,
+        batch_size=cfg.heal_batch_size,
+        checkpointing=cfg.heal_checkpointing,
+        lora=cfg.heal_lora,
     )
     retain = types.SimpleNamespace(stats=retain_split)
     # healing is short: it restarts on --resume
     view = context_view(ctx, retain=retain, save_checkpoint=None, resumed=None)
+    original = None
+    if cfg.heal_target == "kl":  # the model before pruning, copied before the ablation hooks go on
+        import copy
+
+        original = copy.deepcopy(ctx.model).eval().requires_grad_(False)
+
+    def retain_loss(model, batch):
+        if original is None:
+            return nll(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        with torch.no_grad():
+            ref = original(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        return losses.kl_to_reference(logits, ref.logits, batch["labels"])
+
     with ablated(ctx.model, ctx.adapter, ablation):
         floor = None
         if cfg.heal_forget_weight:
-            floor = evaluate_split(ctx.model, ctx.forget.stats, batch_size=ctx.config.batch_size)["loss"]
+            pruned_nll = evaluate_split(ctx.model, ctx.forget.stats, batch_size=ctx.config.batch_size)["loss"]
+            floor = cfg.heal_floor_scale * pruned_nll
 
         def loss(model, forget, retain, _reference):
-            r = nll(model, retain)
+            r = retain_loss(model, retain)
             if floor is None:
                 return r, {}
-            f = nll(model, forget)
+            # the hinge is silent (no gradient) while the forget loss is above the floor: then one forward pass
+            # without a graph tells so, and the forward and backward passes of a graph are only paid when it acts
+            with torch.no_grad():
+                f = nll(model, forget)
+            if f < floor:
+                f = nll(model, forget)
             return r + cfg.heal_forget_weight * torch.relu(floor - f), {
                 "retain_loss": r.detach(),
                 "forget_loss": f.detach(),

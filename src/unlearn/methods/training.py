@@ -196,7 +196,7 @@ def train(
             if retain is not None:
                 next(retain)
     model.train()
-    with ctx.reporter.task("training", cfg.steps) as advance:
+    with ctx.reporter.task("training", cfg.steps, unit="steps") as advance:
         advance(done)
         for step in range(done + 1, cfg.steps + 1):
             terms: dict[str, float] = {}

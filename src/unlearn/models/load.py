@@ -59,13 +59,29 @@ def bundled_gguf() -> Path:
     return path
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def cpu_level() -> str:
+    """The CPU's matrix level, what every timing depends on: amx_bf16, avx512_bf16, avx512, avx2 or other
+    (unknown where /proc/cpuinfo is missing). On avx2 and below bf16 is emulated and fp32 is the fast dtype."""
+    flags = _cpu_flags()
+    if not flags:
+        return "unknown"
+    for level in ("amx_bf16", "avx512_bf16"):
+        if level in flags:
+            return level
+    return "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "other"
+
+
 def cpu_supports_bf16() -> bool:
     """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_level() in ("amx_bf16", "avx512_bf16")
 
 
 def resolve_device(device: str) -> str:

@@ -73,16 +73,17 @@ def _header(run: Run) -> list[tuple[str, Cell]]:
         ("created", _plain(run, m.get("created"))),
         ("stop reason", _plain(run, m.get("stop_reason") or run.metrics.get("stop_reason"))),
     ]
-    for which in ("forget", "retain"):
+    for which in ("forget", "retain", "utility"):
         source = text(get(m, "data", which, "source")) or text(get(run.config, which, "source"))
         fmt = text(get(run.config, which, "format"))
         if source is not None:
-            items.append(
-                (
-                    f"{which} data",
-                    Cell(source + (f" ({fmt})" if fmt and fmt != "text" else ""), run=run.index, code=True),
-                )
-            )
+            shown = source + (f" ({fmt})" if fmt and fmt != "text" else "")
+            if which == "retain" and get(m, "data", which, "eval_on_method_text") is True:
+                # a retain metric on the method's own distribution says little about English at large
+                shown += " — measured on held-out chunks of the text the method itself used (its own distribution)"
+            elif which == "utility":
+                shown += " — general text that no step of the method used"
+            items.append((f"{which} data", Cell(shown, run=run.index, code=True)))
     parent = m.get("parent")
     if isinstance(parent, dict):
         items.append(("parent run", _parent_cell(run, parent)))
@@ -96,7 +97,7 @@ def _parent_cell(run: Run, parent: dict) -> Cell:
 
 
 def _corpora(before: dict) -> list[str]:
-    names = [k for k in ("forget", "retain") if isinstance(before.get(k), dict)]
+    names = [k for k in ("forget", "retain", "utility") if isinstance(before.get(k), dict)]
     return names + [k for k, v in before.items() if isinstance(v, dict) and k not in names and not k.endswith("_drop")]
 
 

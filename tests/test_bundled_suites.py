@@ -68,18 +68,18 @@ def test_tofu_with_reference(out):
 
 def test_rwku_and_muse_slices(out):
     rwku = unlearn.evaluate_suite(
-        "smollm2-135m", "rwku", [str(DATA / "rwku" / "Stephen_King")], settings={"limit": 5}, out=out
+        "smollm2-135m", "rwku", [str(DATA / "rwku" / "Stephen_King")], settings={"limit": 3}, out=out
     )["summary"]
     for part in ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2"):
-        assert rwku[part]["n"] == 5 and 0 <= rwku[part]["rougeL_recall"] <= 1
+        assert rwku[part]["n"] == 3 and 0 <= rwku[part]["rougeL_recall"] <= 1
     assert 0 <= rwku["mia"]["auc_loss"] <= 1
     muse = unlearn.evaluate_suite(
         "smollm2-135m",
         "muse",
         [str(DATA / "muse_news")],
-        settings={"limit": 10, "verbmem_new_tokens": 16, "max_tokens": 128},
+        settings={"limit": 4, "verbmem_new_tokens": 16, "max_tokens": 128},
         out=out,
     )["summary"]
-    assert muse["knowmem_forget"]["n"] == 10 and muse["knowmem_retain"]["n"] == 10
+    assert muse["knowmem_forget"]["n"] == 4 and muse["knowmem_retain"]["n"] == 4
     assert 0 <= muse["verbmem"]["rougeL_f1"] <= 1
     assert 0 <= muse["privleak"]["auc_min_k"] <= 1 and muse["privleak"]["privleak"] is None  # no reference

@@ -70,27 +70,46 @@ def test_utility_on_the_saved_model_matches_a_fresh_evaluation(run_tiny, tmp_pat
 
 
 def test_utility_can_be_turned_off_or_given(run_tiny, text_files):
-    off = run_tiny("off", "selective-pruning", {"ff_frac": 0.2, "attn_frac": 0.0, "steps": 1, "heal_steps": 0},
-                   utility=None)
+    off = run_tiny(
+        "off", "selective-pruning", {"ff_frac": 0.2, "attn_frac": 0.0, "steps": 1, "heal_steps": 0}, utility=None
+    )
     assert "utility" not in off.metrics["before"] and "utility" not in off.manifest["data"]
     _, prose = text_files
-    given = run_tiny("given", "selective-pruning", {"ff_frac": 0.2, "attn_frac": 0.0, "steps": 1, "heal_steps": 0},
-                     utility={"source": str(prose)})
+    given = run_tiny(
+        "given",
+        "selective-pruning",
+        {"ff_frac": 0.2, "attn_frac": 0.0, "steps": 1, "heal_steps": 0},
+        utility={"source": str(prose)},
+    )
     assert given.manifest["data"]["utility"]["source"] == str(prose)
     with pytest.raises(UnlearnError, match="invalid config utility"):
         run_tiny("qa", "selective-pruning", {"ff_frac": 0.2}, utility={"source": str(prose), "format": "qa"})
 
 
 def test_cli_summary_has_utility_row_flag_and_stage_times(env):
-    code, out, err = invoke(*env["base"], "--ff-frac", "0.2", "--attn-frac", "0", "--steps", "1", "--set",
-                            "heal_steps=0", "--name", "cli")
+    code, out, err = invoke(
+        *env["base"], "--ff-frac", "0.2", "--attn-frac", "0", "--steps", "1", "--set", "heal_steps=0", "--name", "cli"
+    )
     assert code == 0, err
     assert "utility (general-english-heldout)" in out
     assert "retain" in out and "│ *" in out  # the retain (and forget) rows are flagged
     assert "* measured on held-out chunks of the text the method itself used" in out
     assert "time: " in out and "total" in out
-    code, out, err = invoke(*env["base"], "--ff-frac", "0.2", "--attn-frac", "0", "--steps", "1", "--set",
-                            "heal_steps=0", "--name", "none", "--utility", "none")
+    code, out, err = invoke(
+        *env["base"],
+        "--ff-frac",
+        "0.2",
+        "--attn-frac",
+        "0",
+        "--steps",
+        "1",
+        "--set",
+        "heal_steps=0",
+        "--name",
+        "none",
+        "--utility",
+        "none",
+    )
     assert code == 0, err
     assert "utility (" not in out and "pass --utility DATA" in out
 
@@ -151,4 +170,3 @@ def test_heal_with_lora_keeps_pruned_neurons_pruned_and_leaves_plain_weights(run
     assert not torch.equal(up, up0)  # the adapters trained and were merged
     with pytest.raises(UnlearnError, match="heal_lora"):
         run_tiny("bad-lora", "selective-pruning", {**mc, "heal_lora": "rank=4"})
-

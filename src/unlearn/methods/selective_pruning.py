@@ -6,11 +6,12 @@ Per step: collect per-neuron statistics on the forget and retain statistics chun
 neurons (across all layers, or within each layer), evaluate, and repeat — statistics are re-collected on the
 pruned model unless ``recollect`` is off.
 
-Then, by default, heal (:func:`heal`): a few steps of next-token training on retain text with the pruned neurons
-held pruned and a forget floor, which gives back most of the retain accuracy pruning took and keeps the forget
-data at least as unlikely as pruning left it. The defaults (2 % + 2 % per step, 3 steps, 20 healing steps) are
-the fast schedule measured in ``bench/efficacy.py`` (variant ``default``); ``heal_steps=0`` prunes only, and the
-``paper`` preset is the published algorithm.
+Then, by default, heal (:func:`heal`): a few training steps on retain text with the pruned neurons held pruned —
+towards the original model's next-token distribution (KL distillation) or the text's next tokens — under a forget
+floor that keeps the forget data at least ``heal_floor_scale`` times as unlikely as pruning left it. The defaults
+(one step of 2 % + 2 %, 8 KL healing steps, floor 1.5×) were chosen on prose the run never saw in
+``bench/efficacy.py`` (issue 16); ``heal_steps=0`` prunes only, and the ``paper`` preset is the published
+algorithm.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..errors import UnlearnError
 from ..models.hooks import Ablation
 from .registry import MethodResult, register
+from .training import lora_spec
 
 
 class SelectivePruningConfig(BaseModel):
@@ -95,14 +97,7 @@ class SelectivePruningConfig(BaseModel):
         "as unlikely as pruning left it; above 1 the hinge pushes it further (bounded gradient ascent)",
     )
 
-    @field_validator("heal_lora")
-    @classmethod
-    def _lora_syntax(cls, v):
-        if v is not None:
-            from .training import parse_lora
-
-            parse_lora(v)
-        return v
+    _lora_syntax = field_validator("heal_lora")(lora_spec)
 
     @model_validator(mode="after")
     def _something_to_prune(self):
@@ -266,14 +261,15 @@ def _body(model) -> list:
 
 def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> MethodResult:
     """Prune-then-heal: train the model on ``retain_split`` (the retain statistics chunks, or the
-    ``heal_tokens`` chunks: :meth:`~unlearn.api.MethodContext.training_split`; next-token loss) with
-    ``ablation`` applied. A pruned neuron's input to its output projection stays at its ablated value (0, or the
-    constant retain mean), so that projection's column gets no gradient: the pruned neurons stay pruned, and the
-    other weights relearn what the retain data lost with them.
+    ``heal_tokens`` chunks: :meth:`~unlearn.api.MethodContext.training_split`) with ``ablation`` applied: towards
+    the next tokens (``heal_target="nll"``) or towards a frozen copy of the model as it was before pruning,
+    KL(original ‖ model) over the whole vocabulary (``"kl"``). A pruned neuron's input to its output projection
+    stays at its ablated value (0, or the constant retain mean), so that projection's column gets no gradient:
+    the pruned neurons stay pruned, and the other weights relearn what the retain data lost with them.
 
     With ``heal_forget_weight`` g > 0 each step also scores a forget batch and adds g * max(0, floor - NLL_forget),
-    floor = the pruned model's mean forget NLL on the statistics chunks: a hinge that is silent while healing
-    leaves the forget data as unlikely as pruning made it, and pushes back (gradient ascent, bounded) as soon as
+    floor = ``heal_floor_scale`` × the pruned model's mean forget NLL on the statistics chunks: a hinge that is
+    silent while the forget data stays that unlikely, and pushes back (gradient ascent, bounded) as soon as
     the forget loss falls below it. Returns the training result (the model, float32; ``extra["forget_floor"]``).
     """
     from ..data.chunking import tokens_sha256

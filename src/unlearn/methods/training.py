@@ -46,12 +46,14 @@ class TrainConfig(BaseModel):
         "backward pass (less memory, about a third more compute)",
     )
 
-    @field_validator("lora")
-    @classmethod
-    def _lora_syntax(cls, v):
-        if v is not None:
-            parse_lora(v)
-        return v
+    _lora_syntax = field_validator("lora")(lambda v: lora_spec(v))  # defined below
+
+
+def lora_spec(spec: str | None) -> str | None:
+    """``spec`` unchanged once its syntax is checked (ValueError otherwise): the validator of every LoRA setting."""
+    if spec is not None:
+        parse_lora(spec)
+    return spec
 
 
 def parse_lora(spec: str) -> dict:

@@ -120,15 +120,7 @@ class MethodContext:
         model = model if model is not None else self.model
         with ablated(model, self.adapter, ablation) if ablation else contextlib.nullcontext():
             for which in ("forget", "retain"):
-                chunks = getattr(self.corpus(which), split)
-                with self.reporter.task(f"{label or split}: {which}", chunks.n_tokens) as advance:
-                    out[which] = evaluate_split(
-                        model,
-                        chunks,
-                        batch_size=self.config.batch_size,
-                        skip_k=self.config.skip_k,
-                        progress=advance,
-                    )
+                out[which] = self._score(model, getattr(self.corpus(which), split), f"{label or split}: {which}")
         base = self.baseline if split == "eval" else self.baseline_val
         if base:
             for which in ("forget", "retain"):
@@ -139,13 +131,16 @@ class MethodContext:
     def evaluate_utility(self, model=None, label: str = "") -> dict:
         """Metrics of ``model`` (default: the working model) on the utility corpus's evaluation chunks."""
         start = time.perf_counter()
-        model = model if model is not None else self.model
-        with self.reporter.task(f"{label}: utility", self.utility.eval.n_tokens) as advance:
-            out = evaluate_split(
-                model, self.utility.eval, batch_size=self.config.batch_size, skip_k=self.config.skip_k, progress=advance
-            )
+        out = self._score(model if model is not None else self.model, self.utility.eval, f"{label}: utility")
         self.timings["evaluation"] += time.perf_counter() - start
         return out
+
+    def _score(self, model, chunks, description: str) -> dict:
+        """Next-token metrics of ``model`` on ``chunks``, with a progress bar."""
+        with self.reporter.task(description, chunks.n_tokens) as advance:
+            return evaluate_split(
+                model, chunks, batch_size=self.config.batch_size, skip_k=self.config.skip_k, progress=advance
+            )
 
     original: object | None = None  # a frozen copy of the model before unlearning (for a KL budget)
     utility: Corpus | None = None  # general text that no step of the method sees: evaluated before and after
@@ -561,8 +556,9 @@ def _validated(config, resuming: bool = False) -> tuple[RunConfig, dict | None, 
     if not method.budget and cfg.stop.active:
         raise UnlearnError(f"{method.name} is a single edit: it cannot stop on a budget (drop --budget)")
     cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})
-    for data in (cfg.forget, cfg.retain):
-        _check_data_exists(data)
+    for data in (cfg.forget, cfg.retain, cfg.utility):
+        if data is not None:
+            _check_data_exists(data)
     _check_evals(cfg)
     if cfg.device_map is not None:
         from .methods.training import TrainConfig

@@ -22,12 +22,15 @@ Variants (``--variants``, comma-separated):
 
 * ``paper``: the published algorithm (Pochinkov & Schoots 2024; taker's defaults): ``abs`` importance,
   feed-forward neurons only, 2 % per step, zero ablation;
-* ``default``: what ``unlearn run`` does with no method settings (``rms``, 2 % feed-forward + 2 % attention
-  neurons per step, 3 steps, then 20 healing steps with the forget floor: the fast prune-heal schedule);
+* ``default``: what ``unlearn run`` does with no method settings (``SelectivePruningConfig``'s defaults);
 * ``heal-retain-only``: the ``prune-heal`` preset without its forget floor: rms, 1 % + 1 % per step, then
   healing steps of next-token training on the retain statistics chunks with the pruned neurons held pruned;
 * ``prune-heal``: the ``prune-heal`` preset: the same, and while healing a hinge keeps the forget loss from
-  falling below the pruned model's (``heal_forget_weight``).
+  falling below the pruned model's (``heal_forget_weight``);
+* the one-step schedules compared when the default was chosen (issue 16; README, "Keeping the English it never
+  saw"): ``p2-*``/``p4-*`` prune 2 % / 4 % of the feed-forward and of the attention neurons, ``ff*`` only
+  feed-forward neurons; ``prune-only``, or 8 healing steps by next-token training (``nll``) or distillation
+  (``kl``), ``f1.5``/``f2``: the forget floor at 1.5 / 2 × the pruned model's forget loss.
 
     python bench/efficacy.py --variants default,prune-heal --out /tmp/efficacy
     python bench/efficacy.py --retain wikitext --variants paper --steps 3 --out /tmp/e
@@ -72,6 +75,17 @@ VARIANTS = {
         ONE_STEP, ff_frac=0.04, attn_frac=0.04, heal_steps=8, heal_target="kl", heal_floor_scale=1, heal_lr=3e-4
     ),
     "p2-heal-kl": dict(ONE_STEP, ff_frac=0.02, attn_frac=0.02, heal_steps=8, heal_target="kl", heal_floor_scale=1),
+    "p2-heal-kl-f1.5": dict(ONE_STEP, ff_frac=0.02, attn_frac=0.02, heal_target="kl", heal_floor_scale=1.5),
+    # feed-forward neurons only (attention neurons cost more English per point of forgetting)
+    "ff2-heal-kl-f1.5": dict(ONE_STEP, ff_frac=0.02, attn_frac=0.0, heal_target="kl", heal_floor_scale=1.5),
+    "ff1-heal-kl-f2": dict(ONE_STEP, ff_frac=0.01, attn_frac=0.0, heal_target="kl", heal_floor_scale=2.0),
+    "ff05-heal-kl-f2": dict(ONE_STEP, ff_frac=0.005, attn_frac=0.0, heal_target="kl", heal_floor_scale=2.0),
+    "ff05-heal-kl-f2-lr2e-4": dict(
+        ONE_STEP, ff_frac=0.005, attn_frac=0.0, heal_target="kl", heal_floor_scale=2.0, heal_lr=2e-4
+    ),
+    "ff05-heal6-kl-f2-lr2e-4": dict(
+        ONE_STEP, ff_frac=0.005, attn_frac=0.0, heal_target="kl", heal_floor_scale=2.0, heal_lr=2e-4, heal_steps=6
+    ),
 }
 
 

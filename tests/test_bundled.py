@@ -75,14 +75,11 @@ def test_bundled_run_small(small_run):
         for metric in ("top1", "top10", "loss"):
             assert again[which][metric] == pytest.approx(m["after"][which][metric], abs=0.005)
 
-    # the audit's cheap attacks on this run (every attack: test_bundled_full_audit, marked slow)
-    rec = unlearn.audit(str(result.run_dir), attacks=["quantize", "logit-lens"], overwrite=True)
+    # the audit's cheapest attack on this run (every attack: test_bundled_full_audit, marked slow)
+    rec = unlearn.audit(str(result.run_dir), attacks=["quantize"], overwrite=True)
     attacks = {f"{a['attack']}:{a['variant']}": a for a in rec["attacks"]}
     assert rec["model"]["sha256"] == manifest["model"]["sha256_after"]
     assert attacks["quantize:int8"]["original_attacked"] == pytest.approx(m["before"]["forget"]["top1"], abs=0.02)
-    lens = attacks["logit-lens:best-layer"]["details"]["per_layer"]
-    assert len(lens["unlearned"]) == 30
-    assert lens["unlearned"][-1] == pytest.approx(m["after"]["forget"]["top1"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -127,8 +124,8 @@ def test_default_run_meets_acceptance(tmp_path):
     assert first.manifest["model"]["sha256_after"] == second.manifest["model"]["sha256_after"]
 
 
-# four of the methods (a loss with a retain term, preference optimisation, representation steering, a weight
-# edit) on the bundled model in the default suite; the others there with -m slow (each has tiny-model tests)
+# two of the methods (a loss with a retain term, representation steering) on the bundled model in the default
+# suite; the others there with -m slow (each has tiny-model tests)
 SLOW = pytest.mark.slow
 
 
@@ -136,9 +133,9 @@ SLOW = pytest.mark.slow
     "method",
     [
         "graddiff",
-        "npo",
         "rmu",
-        "task-vector",
+        pytest.param("npo", marks=SLOW),
+        pytest.param("task-vector", marks=SLOW),
         pytest.param("gradient-ascent", marks=SLOW),
         pytest.param("simnpo", marks=SLOW),
         pytest.param("ihl", marks=SLOW),

@@ -53,7 +53,7 @@ def test_tofu_with_reference(out):
             f"real_authors={DATA}/tofu/real_authors_perturbed.jsonl",
             f"world_facts={DATA}/tofu/world_facts_perturbed.jsonl",
         ],
-        settings={"limit": 6, "max_new_tokens": 24},
+        settings={"limit": 4, "max_new_tokens": 16},
         reference="smollm2-135m",
         out=out,
     )
@@ -61,17 +61,17 @@ def test_tofu_with_reference(out):
     assert r["template"] == "chat"  # an instruct model: questions go through its chat template
     assert s["forget_quality"] == pytest.approx(1.0)  # the reference is the same model
     assert 0 < s["model_utility"] < 1
-    assert 0 < s["forget"]["prob"] < 1 and s["forget"]["n"] == 6
-    # a real model: its answers about famous real authors mostly name them (measured: ROUGE-L recall 0.67)
+    assert 0 < s["forget"]["prob"] < 1 and s["forget"]["n"] == 4
+    # a real model: its answers about famous real authors mostly name them (ROUGE-L recall 0.67 measured on 6)
     assert s["real_authors"]["rougeL_recall"] > 0.4
 
 
 def test_rwku_and_muse_slices(out):
     rwku = unlearn.evaluate_suite(
-        "smollm2-135m", "rwku", [str(DATA / "rwku" / "Stephen_King")], settings={"limit": 3}, out=out
+        "smollm2-135m", "rwku", [str(DATA / "rwku" / "Stephen_King")], settings={"limit": 2}, out=out
     )["summary"]
     for part in ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2"):
-        assert rwku[part]["n"] == 3 and 0 <= rwku[part]["rougeL_recall"] <= 1
+        assert rwku[part]["n"] == 2 and 0 <= rwku[part]["rougeL_recall"] <= 1
     assert 0 <= rwku["mia"]["auc_loss"] <= 1
     muse = unlearn.evaluate_suite(
         "smollm2-135m",

@@ -110,7 +110,7 @@ def _flags(cfg: dict) -> list[str]:
     return ["--config", str(path), "--quiet"]
 
 
-@pytest.mark.parametrize("kind,seeds", [("pruning", (1, 2, 3)), ("training", (4, 5))])
+@pytest.mark.parametrize("kind,seeds", [("pruning", (1, 2)), ("training", (4,))])
 def test_kill_9_at_random_moments(tmp_path, tiny_checkpoint, text_files, kind, seeds):
     """kill -9 a real `unlearn run` process at random moments: never a half-written run folder, and resuming (or
     starting over, when it died before its work folder existed) gives the uninterrupted result."""

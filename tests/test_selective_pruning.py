@@ -204,13 +204,13 @@ def test_config_validation(values, where):
 def test_config_defaults_and_registry():
     cfg = get_method("Selective_Pruning ").make_config(None)
     assert isinstance(cfg, SelectivePruningConfig)
-    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("rms", 0.02, 0.02)
+    assert (cfg.importance, cfg.ff_frac, cfg.attn_frac) == ("rms", 0.005, 0.0)
     assert (cfg.scope, cfg.ablation, cfg.steps, cfg.recollect) == ("global", "zero", 1, True)
     # the default heals by distillation (KL to the original on retain text) under a raised forget floor
-    assert (cfg.heal_steps, cfg.heal_lr, cfg.heal_batch_size, cfg.heal_tokens) == (8, 1e-4, 2, 16384)
+    assert (cfg.heal_steps, cfg.heal_lr, cfg.heal_batch_size, cfg.heal_tokens) == (8, 2e-4, 2, 16384)
     assert (cfg.heal_forget_weight, cfg.heal_embeddings, cfg.heal_checkpointing) == (1.0, False, True)
-    assert (cfg.heal_target, cfg.heal_floor_scale, cfg.heal_lora) == ("kl", 1.5, None)
-    assert cfg.fraction("ff") == 0.02 and cfg.fraction("attn") == 0.02
+    assert (cfg.heal_target, cfg.heal_floor_scale, cfg.heal_lora) == ("kl", 2.0, None)
+    assert cfg.fraction("ff") == 0.005 and cfg.fraction("attn") == 0.0
     assert cfg.eps("ff") == 1e-3 and cfg.eps("attn") == 1e-4
     assert SelectivePruningConfig(ff_frac=0.0, attn_frac=0.3).fraction("attn") == 0.3
     with pytest.raises(UnlearnError, match="unknown method 'nope'.*selective-pruning"):
@@ -599,6 +599,52 @@ def test_heal_by_distillation_and_a_raised_floor(setup):
     assert facts["heal_forget_floor"] == pytest.approx(2.0 * kl.manifest["method_facts"]["heal_forget_floor"])
     assert all(e["forget_loss"] < facts["heal_forget_floor"] for e in raised.metrics["train_log"][:1])
     assert raised.after["forget"]["loss"] > kl.after["forget"]["loss"]
+
+
+def test_heal_with_lora_distils_from_the_unpruned_weights(setup):
+    """heal_lora trains LoRA adapters and distils from the same weights run with the adapters and the ablation
+    hooks off (no copy of the model): its first step's KL is the full heal's (same pruned start, same teacher),
+    the merged adapters change the kept weights, and the saved model keeps the pruned columns at 0."""
+    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 4, "heal_lr": 3e-3, "heal_forget_weight": 0.0}
+    full = setup["run"]("heal-full", mc)
+    lora = setup["run"]("heal-lora", {**mc, "heal_lora": "r=4"})
+    log = lora.metrics["train_log"]
+    assert log[0]["loss"] > 0
+    assert log[0]["loss"] == pytest.approx(full.metrics["train_log"][0]["loss"], rel=1e-4)
+    model, original = _plain(lora.run_dir / "model"), _plain(setup["ckpt"])
+    pruned = json.loads((lora.run_dir / "pruned_neurons.json").read_text())["ff"]
+    for layer, idx in pruned.items():
+        down = model.model.layers[int(layer)].mlp.down_proj.weight
+        kept = [i for i in range(down.shape[1]) if i not in idx]
+        assert torch.count_nonzero(down[:, idx]) == 0
+        assert not torch.equal(down[:, kept], original.model.layers[int(layer)].mlp.down_proj.weight[:, kept])
+    _reproduce(setup, lora.run_dir / "model", lora)
+
+
+def test_ablation_reaches_the_lora_path(tiny_checkpoint):
+    """Hooks put on a peft model's wrapped output projections ablate the input of the adapter too: the LoRA model
+    under ablation computes what its merged weights compute with the pruned columns removed."""
+    from unlearn.methods.training import wrap_lora
+    from unlearn.models.hooks import ablated
+
+    model = _plain(tiny_checkpoint("llama"))
+    adapter = adapter_for(model)
+    ablation = Ablation()
+    n = adapter.n_neurons(model, "ff")
+    ablation.add(("ff", 0), torch.tensor([1, 5, 7]), torch.zeros(3), n)
+    peft_model = wrap_lora(model, "r=4")
+    torch.manual_seed(0)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # a trained adapter (peft starts B at 0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.no_grad(), ablated(peft_model.get_base_model(), adapter, ablation):
+        hooked = peft_model(input_ids=ids).logits
+    merged = peft_model.merge_and_unload()
+    merged.model.layers[0].mlp.down_proj.weight.data[:, [1, 5, 7]] = 0
+    with torch.no_grad():
+        folded = merged(input_ids=ids).logits
+    torch.testing.assert_close(hooked, folded, rtol=1e-4, atol=1e-5)
 
 
 def test_heal_tokens_extend_the_statistics_chunks(setup):

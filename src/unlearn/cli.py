@@ -117,9 +117,6 @@ def main():
     unlearn ledger     the chain of unlearning requests behind a run folder, every hash re-verified
     unlearn report     an HTML + Markdown report of one or several run folders (plots, tables, audit)
     """
-    from .models.memory import return_large_frees_to_os
-
-    return_large_frees_to_os()  # freed activations leave the process: a lower peak memory while training
 
 
 def _set(d: dict, key: str, value) -> None:

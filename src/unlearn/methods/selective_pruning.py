@@ -9,13 +9,14 @@ pruned model unless ``recollect`` is off.
 Then, by default, heal (:func:`heal`): a few training steps on retain text with the pruned neurons held pruned —
 towards the original model's next-token distribution (KL distillation) or the text's next tokens — under a forget
 floor that keeps the forget data at least ``heal_floor_scale`` times as unlikely as pruning left it. The defaults
-(one step of 2 % + 2 %, 8 KL healing steps, floor 1.5×) were chosen on prose the run never saw in
-``bench/efficacy.py`` (issue 16); ``heal_steps=0`` prunes only, and the ``paper`` preset is the published
-algorithm.
+(one step of 0.5 % of the feed-forward neurons, no attention neurons, 8 KL healing steps, floor 2×) were chosen on
+prose the run never saw in ``bench/efficacy.py`` (issue 16); ``heal_steps=0`` prunes only, and the ``paper``
+preset is the published algorithm.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 from typing import Literal
 
@@ -34,8 +35,8 @@ class SelectivePruningConfig(BaseModel):
     importance: Literal["freq", "abs", "rms", "std"] = Field(
         "rms", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"
     )
-    ff_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
-    attn_frac: float = Field(0.02, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
+    ff_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
+    attn_frac: float = Field(0.0, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
     steps: int = Field(1, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
     scope: Literal["global", "layer"] = Field("global", description="rank neurons across all layers or per layer")
     ablation: Literal["zero", "mean"] = Field("zero", description="set pruned neurons to 0 or to their retain mean")
@@ -49,7 +50,7 @@ class SelectivePruningConfig(BaseModel):
         description="after pruning, optimizer steps of next-token training on retain chunks (heal_tokens) with "
         "the pruned neurons held at their ablated value (prune-then-heal; 0 = prune only)",
     )
-    heal_lr: float = Field(1e-4, gt=0, lt=1, description="learning rate of the healing steps (AdamW)")
+    heal_lr: float = Field(2e-4, gt=0, lt=1, description="learning rate of the healing steps (AdamW)")
     heal_batch_size: int = Field(2, ge=1, description="retain (and forget) chunks per healing step")
     heal_embeddings: bool = Field(
         False,
@@ -90,7 +91,7 @@ class SelectivePruningConfig(BaseModel):
     )
 
     heal_floor_scale: float = Field(
-        1.5,
+        2.0,
         ge=1,
         le=100,
         description="the forget floor is this multiple of the pruned model's forget NLL: 1 keeps the forget data "
@@ -253,6 +254,23 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     )
 
 
+FLOOR_TOKENS = 4096
+
+
+def _floor_chunks(stats):
+    """The chunks on which the forget floor's pruned forget NLL is measured: the first ``FLOOR_TOKENS`` of the
+    statistics chunks (they come in shuffled order), not all of them: one forward pass over the default 8,192
+    statistics tokens takes about 17 s on a 2-core AVX2 CPU."""
+    from ..data.chunking import TokenSplit
+
+    n = max(1, FLOOR_TOKENS // stats.input_ids.shape[1])
+    return stats if n >= len(stats.input_ids) else TokenSplit(stats.input_ids[:n], stats.special[:n])
+
+
+def _inputs(batch) -> dict:
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
 def _body(model) -> list:
     """The parameters other than the token embeddings and the LM head (one tensor when they are tied)."""
     vocab = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
@@ -262,19 +280,21 @@ def _body(model) -> list:
 def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> MethodResult:
     """Prune-then-heal: train the model on ``retain_split`` (the retain statistics chunks, or the
     ``heal_tokens`` chunks: :meth:`~unlearn.api.MethodContext.training_split`) with ``ablation`` applied: towards
-    the next tokens (``heal_target="nll"``) or towards a frozen copy of the model as it was before pruning,
-    KL(original ‖ model) over the whole vocabulary (``"kl"``). A pruned neuron's input to its output projection
+    the next tokens (``heal_target="nll"``) or towards the model as it was before pruning, KL(original ‖ model)
+    over the whole vocabulary (``"kl"``; the original is a frozen copy, or with ``heal_lora`` the same weights run
+    with the adapters and the ablation hooks off). A pruned neuron's input to its output projection
     stays at its ablated value (0, or the constant retain mean), so that projection's column gets no gradient:
     the pruned neurons stay pruned, and the other weights relearn what the retain data lost with them.
 
     With ``heal_forget_weight`` g > 0 each step also scores a forget batch and adds g * max(0, floor - NLL_forget),
-    floor = ``heal_floor_scale`` × the pruned model's mean forget NLL on the statistics chunks: a hinge that is
-    silent while the forget data stays that unlikely, and pushes back (gradient ascent, bounded) as soon as
-    the forget loss falls below it. Returns the training result (the model, float32; ``extra["forget_floor"]``).
+    floor = ``heal_floor_scale`` × the pruned model's mean forget NLL on the statistics chunks (their first
+    ``FLOOR_TOKENS``): a hinge that is silent while the forget data stays that unlikely, and pushes back (gradient
+    ascent, bounded) as soon as the forget loss falls below it. Returns the training result (the model, float32;
+    ``extra["forget_floor"]``).
     """
     from ..data.chunking import tokens_sha256
     from ..eval.metrics import evaluate_split
-    from ..models.hooks import ablated
+    from ..models.hooks import Switch, ablated
     from . import losses
     from .training import TrainConfig, context_view, train
 
@@ -292,42 +312,72 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     retain = types.SimpleNamespace(stats=retain_split)
     # healing is short: it restarts on --resume
     view = context_view(ctx, retain=retain, save_checkpoint=None, resumed=None)
+    # KL healing distils from the model as it was before pruning: with LoRA, the same model with its adapters and
+    # ablation hooks off; otherwise a frozen copy, taken before the ablation hooks go on
     original = None
-    if cfg.heal_target == "kl":  # the model before pruning, copied before the ablation hooks go on
+    if cfg.heal_target == "kl" and not cfg.heal_lora:
         import copy
 
         original = copy.deepcopy(ctx.model).eval().requires_grad_(False)
+    switch = Switch()
+
+    def reference_logits(model, batch):
+        with torch.no_grad():
+            if original is not None:
+                return original(**_inputs(batch)).logits
+            with getattr(model, "module", model).disable_adapter(), switch.off():
+                return model(**_inputs(batch)).logits
 
     def retain_loss(model, batch):
-        if original is None:
+        if cfg.heal_target == "nll":
             return nll(model, batch)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        with torch.no_grad():
-            ref = original(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        return losses.kl_to_reference(logits, ref.logits, batch["labels"])
+        return losses.kl_to_reference(logits, reference_logits(model, batch), batch["labels"])
 
-    with ablated(ctx.model, ctx.adapter, ablation):
+    lora_hooks = contextlib.ExitStack()
+
+    def ablate_lora_path(peft_model):
+        # peft wraps each output projection in a LoRA layer whose adapter reads the projection's input beside the
+        # wrapped layer: a hook on the wrapper ablates that input for both, so no pruned neuron leaks through it
+        lora_hooks.enter_context(ablated(peft_model.get_base_model(), ctx.adapter, ablation, switch))
+
+    with ablated(ctx.model, ctx.adapter, ablation, switch), lora_hooks:
         floor = None
         if cfg.heal_forget_weight:
-            pruned_nll = evaluate_split(ctx.model, ctx.forget.stats, batch_size=ctx.config.batch_size)["loss"]
+            pruned_nll = evaluate_split(ctx.model, _floor_chunks(ctx.forget.stats), batch_size=ctx.config.batch_size)[
+                "loss"
+            ]
             floor = cfg.heal_floor_scale * pruned_nll
+
+        acted = [False]  # whether the hinge acted in the previous step
 
         def loss(model, forget, retain, _reference):
             r = retain_loss(model, retain)
             if floor is None:
                 return r, {}
             # the hinge is silent (no gradient) while the forget loss is above the floor: then one forward pass
-            # without a graph tells so, and the forward and backward passes of a graph are only paid when it acts
-            with torch.no_grad():
+            # without a graph tells so, and the forward and backward passes of a graph are only paid when it acts.
+            # After a step where it acted it most likely acts again, and the graph is built at once.
+            if acted[0]:
                 f = nll(model, forget)
-            if f < floor:
-                f = nll(model, forget)
+            else:
+                with torch.no_grad():
+                    f = nll(model, forget)
+                if f < floor:
+                    f = nll(model, forget)
+            acted[0] = bool(f < floor)
             return r + cfg.heal_forget_weight * torch.relu(floor - f), {
                 "retain_loss": r.detach(),
                 "forget_loss": f.detach(),
             }
 
-        result = train(view, tcfg, loss, trainable=None if cfg.heal_embeddings else _body)
+        result = train(
+            view,
+            tcfg,
+            loss,
+            trainable=None if cfg.heal_embeddings else _body,
+            lora_init=ablate_lora_path if cfg.heal_lora else None,
+        )
     result.extra["forget_floor"] = floor
     result.extra["heal_data"] = {"n_tokens": retain_split.n_tokens, "sha256": tokens_sha256(retain_split.input_ids)}
     return result

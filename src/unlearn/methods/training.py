@@ -12,6 +12,7 @@ products run in bf16 through autocast where the model was loaded in bf16. The tr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import UnlearnError
+from ..models.memory import large_frees_returned
 from .registry import MethodResult
 
 
@@ -198,7 +200,8 @@ def train(
             if retain is not None:
                 next(retain)
     model.train()
-    with ctx.reporter.task("training", cfg.steps, unit="steps") as advance:
+    allocator = large_frees_returned() if device == "cpu" else contextlib.nullcontext()
+    with allocator, ctx.reporter.task("training", cfg.steps, unit="steps") as advance:
         advance(done)
         for step in range(done + 1, cfg.steps + 1):
             terms: dict[str, float] = {}

@@ -253,16 +253,33 @@ class Ablation:
         return sum(int(m.sum()) for (k, _), m in self.pruned.items() if k == kind)
 
 
+class Switch:
+    """Turns the hooks of an :func:`ablated` block off for a while: ``with switch.off(): ...`` runs the model as
+    if nothing were ablated (healing distils from the unpruned model this way, without a copy of it)."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    @contextlib.contextmanager
+    def off(self):
+        self.on = False
+        try:
+            yield
+        finally:
+            self.on = True
+
+
 @contextlib.contextmanager
-def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation):
-    """Apply ``ablation`` with forward-pre-hooks (x ← keep·x + fill) for the duration of the block."""
+def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation, switch: Switch | None = None):
+    """Apply ``ablation`` with forward-pre-hooks (x ← keep·x + fill) for the duration of the block; while
+    ``switch`` is off, the hooks leave their input alone."""
     handles = []
     for (kind, layer), mask in ablation.pruned.items():
         if not mask.any():
             continue
         module = adapter.out_proj(model, layer, kind)
         keep, fill = ~mask, ablation.fill[(kind, layer)] * mask
-        handles.append(module.register_forward_pre_hook(_ablate(keep, fill)))
+        handles.append(module.register_forward_pre_hook(_ablate(keep, fill, switch)))
     try:
         yield model
     finally:
@@ -270,13 +287,15 @@ def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation):
             h.remove()
 
 
-def _ablate(keep: torch.Tensor, fill: torch.Tensor):
+def _ablate(keep: torch.Tensor, fill: torch.Tensor, switch: Switch | None = None):
     """The pre-hook x ← keep·x + fill, with keep and fill cast once to the input's device and dtype (a model spread
     over devices by a device map hands a module its input before moving it, so the weight's device can differ).
     Casts made under inference mode are kept apart: autograd refuses inference tensors when training follows."""
     cast: dict = {}
 
     def hook(_module, args):
+        if switch is not None and not switch.on:
+            return None
         x = args[0]
         key = (x.device, x.dtype, torch.is_inference_mode_enabled())
         if key not in cast:

@@ -43,6 +43,7 @@ state other than AdamW's two moments, and memory that other processes take after
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,3 +353,20 @@ def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
         return bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
     except (OSError, AttributeError):
         return False
+
+
+AFTER_TRAINING_THRESHOLD = 32 << 20  # glibc's own ceiling for its moving threshold (64-bit)
+
+
+@contextlib.contextmanager
+def large_frees_returned():
+    """Training: every block of 1 MiB or more is its own ``mmap`` (:func:`return_large_frees_to_os`), so each step's
+    activations leave the process when freed and the peak stays low. Afterwards the threshold is 32 MiB — where
+    glibc's moving threshold ends up — because a fresh ``mmap`` per tensor slows inference: measured on SmolLM2-135M,
+    2-core AVX2 CPU, evaluation at 264 tok/s with a 1 MiB threshold against 327 tok/s without it."""
+    changed = return_large_frees_to_os()
+    try:
+        yield changed
+    finally:
+        if changed:
+            return_large_frees_to_os(AFTER_TRAINING_THRESHOLD)

@@ -271,9 +271,15 @@ def _inputs(batch) -> dict:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
 
 
+def _vocabulary(model) -> list:
+    """The token embeddings and the LM head (one tensor when they are tied)."""
+    found = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    return list({id(p): p for p in found}.values())
+
+
 def _body(model) -> list:
-    """The parameters other than the token embeddings and the LM head (one tensor when they are tied)."""
-    vocab = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    """The parameters other than the token embeddings and the LM head."""
+    vocab = {id(p) for p in _vocabulary(model)}
     return [p for p in model.parameters() if id(p) not in vocab]
 
 
@@ -318,7 +324,10 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     if cfg.heal_target == "kl" and not cfg.heal_lora:
         import copy
 
-        original = copy.deepcopy(ctx.model).eval().requires_grad_(False)
+        # the token embeddings and the LM head keep their weights unless heal_embeddings: the copy shares them
+        # (113 MB less for SmolLM2-135M in float32)
+        kept = {} if cfg.heal_embeddings else {id(p): p for p in _vocabulary(ctx.model)}
+        original = copy.deepcopy(ctx.model, memo=kept).eval().requires_grad_(False)
     switch = Switch()
 
     def reference_logits(model, batch):

@@ -82,6 +82,10 @@ VARIANTS = {
     "ff1-heal-kl-f2": dict(ONE_STEP, ff_frac=0.01, attn_frac=0.0, heal_target="kl", heal_floor_scale=2.0),
     "ff05-heal-kl-f2": dict(ONE_STEP, ff_frac=0.005, attn_frac=0.0, heal_target="kl", heal_floor_scale=2.0),
     "ff05-heal-kl-f2-lr2e-4": dict(ONE_STEP, ff_frac=0.005, attn_frac=0.0, heal_floor_scale=2.0, heal_lr=2e-4),
+    # a slower, gentler schedule for the prune-heal preset: two 0.5 % steps (statistics re-collected), 16 KL steps
+    "ff05x2-heal16-kl-f2": dict(
+        ff_frac=0.005, attn_frac=0.0, steps=2, heal_steps=16, heal_lr=1e-4, heal_floor_scale=2.0
+    ),
     "ff05-heal6-kl-f2-lr2e-4": dict(
         ONE_STEP, ff_frac=0.005, attn_frac=0.0, heal_floor_scale=2.0, heal_lr=2e-4, heal_steps=6
     ),

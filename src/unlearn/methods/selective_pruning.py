@@ -305,8 +305,7 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     from .training import TrainConfig, context_view, train
 
     def nll(model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"])
+        return losses.nll(model(**_inputs(batch)).logits, batch["labels"])
 
     tcfg = TrainConfig(
         steps=cfg.heal_steps,
@@ -340,7 +339,7 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     def retain_loss(model, batch):
         if cfg.heal_target == "nll":
             return nll(model, batch)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        logits = model(**_inputs(batch)).logits
         return losses.kl_to_reference(logits, reference_logits(model, batch), batch["labels"])
 
     lora_hooks = contextlib.ExitStack()

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearn.data.chunking import TokenSplit
-from unlearn.eval.metrics import TOPK, evaluate_split, frequent_tokens, relative_drop
+from unlearn.eval.metrics import TOPK, evaluate_split, frequent_tokens, mean_loss, relative_drop
 
 V = 16
 
@@ -157,6 +157,8 @@ def test_loss_matches_torch_cross_entropy():
     assert got["n_tokens"] == int(valid.sum()) == 4 * 9 - 2  # (3, 0) is no target
     assert got["loss"] == pytest.approx(float(want), rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(float(want)), rel=1e-5)
+    # the loss-only pass (the forget floor's) returns exactly the same number
+    assert mean_loss(TableLM(table), split, batch_size=3) == got["loss"]
 
 
 def test_special_targets_are_excluded_but_special_inputs_are_not():

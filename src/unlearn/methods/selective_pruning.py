@@ -299,7 +299,7 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     ``extra["forget_floor"]``).
     """
     from ..data.chunking import tokens_sha256
-    from ..eval.metrics import evaluate_split
+    from ..eval.metrics import mean_loss
     from ..models.hooks import Switch, ablated
     from . import losses
     from .training import TrainConfig, context_view, train
@@ -352,9 +352,7 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     with ablated(ctx.model, ctx.adapter, ablation, switch), lora_hooks:
         floor = None
         if cfg.heal_forget_weight:
-            pruned_nll = evaluate_split(ctx.model, _floor_chunks(ctx.forget.stats), batch_size=ctx.config.batch_size)[
-                "loss"
-            ]
+            pruned_nll = mean_loss(ctx.model, _floor_chunks(ctx.forget.stats), batch_size=ctx.config.batch_size)
             floor = cfg.heal_floor_scale * pruned_nll
 
         acted = [False]  # whether the hinge acted in the previous step

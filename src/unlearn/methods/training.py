@@ -167,9 +167,13 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnlearnError("nothing to train: no parameter requires a gradient")
-    # on the CPU the per-tensor loop is faster (0.53 s against 0.78 s per step for SmolLM2-135M on 2 cores) and
-    # needs no parameter-sized temporaries
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=device != "cpu")
+    # on the CPU the fused kernel updates each tensor in one pass: 0.10 s per step for SmolLM2-135M's body against
+    # 0.28 s for the per-tensor loop (2-core AVX2 CPU), with no parameter-sized temporaries (the foreach path
+    # makes them)
+    cpu = device == "cpu"
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False if cpu else None, fused=cpu or None
+    )
     schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
     # sharded training: an unsharded copy receives the gathered weights for evaluation and export
     sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")

@@ -110,43 +110,66 @@ def _file_key(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _gguf_metadata_read_once():
-    """transformers reads a GGUF file's metadata (with its 49k-entry vocabulary) once for the model's config, again
-    for the tokenizer's class and a third time with the weights: for the bundled model each metadata-only read
-    takes about 5 s of a 37 s conversion (2-core AVX2 CPU). Within this block the metadata-only reads of a file
-    are made once and copied."""
+def _gguf_reads_shared():
+    """Make transformers' GGUF loading read and parse each thing once.
+
+    transformers reads a GGUF file's metadata (with its 49k-entry vocabulary) once for the model's config, again
+    for the tokenizer's class and a third time with the weights, and while mapping tensor names it rebuilds gguf's
+    name table (every alias of every tensor of every block) once per submodule of the model: for the bundled model
+    each metadata read took about 5 s and the name tables about 8 s of a 37 s conversion (2-core AVX2 CPU).
+    Within this block the metadata-only reads of a file are made once and copied, one parsed ``GGUFReader`` per
+    file serves every read, and one name table per architecture and depth serves every lookup. All three are
+    read-only uses, so the converted weights are the same."""
     import copy
 
     try:
+        import gguf
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:  # a transformers without GGUF support fails later, with its own message
+    except ImportError:  # a transformers or gguf without GGUF support fails later, with its own message
         yield
         return
     read = getattr(gguf_utils, "load_gguf_checkpoint", None)
-    if read is None:
+    reader_class = getattr(gguf, "GGUFReader", None)
+    name_map = getattr(gguf, "get_tensor_name_map", None)
+    if read is None or reader_class is None or name_map is None:
         yield
         return
-    cache: dict[str, dict] = {}
+    metadata: dict[str, dict] = {}
+    readers: dict[tuple, object] = {}
+    name_maps: dict[tuple, object] = {}
 
     def once(path, return_tensors=False, **kwargs):
         if return_tensors or kwargs:
             return read(path, return_tensors=return_tensors, **kwargs)
-        if str(path) not in cache:
-            cache[str(path)] = read(path, return_tensors=False)
-        return copy.deepcopy(cache[str(path)])
+        if str(path) not in metadata:
+            metadata[str(path)] = read(path, return_tensors=False)
+        return copy.deepcopy(metadata[str(path)])
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader_class(path, *args, **kwargs)
+        return readers[key]
+
+    def shared_name_map(arch, n_blocks):
+        if (arch, n_blocks) not in name_maps:
+            name_maps[arch, n_blocks] = name_map(arch, n_blocks)
+        return name_maps[arch, n_blocks]
 
     gguf_utils.load_gguf_checkpoint = once
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, shared_name_map
     try:
         yield
     finally:
         gguf_utils.load_gguf_checkpoint = read
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
 
 
 def _plain_from_gguf(directory: Path, filename: str):
     """Load a GGUF file and rebuild it as a plain model (no quantization entry) so it can be saved."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    with _gguf_metadata_read_once():
+    with _gguf_reads_shared():
         gguf_model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
     config_dict = gguf_model.config.to_dict()

@@ -27,10 +27,11 @@ Variants (``--variants``, comma-separated):
   healing steps of next-token training on the retain statistics chunks with the pruned neurons held pruned;
 * ``prune-heal``: the ``prune-heal`` preset: the same, and while healing a hinge keeps the forget loss from
   falling below the pruned model's (``heal_forget_weight``);
-* the one-step schedules compared when the default was chosen (issue 16; README, "Keeping the English it never
-  saw"): ``p2-*``/``p4-*`` prune 2 % / 4 % of the feed-forward and of the attention neurons, ``ff*`` only
-  feed-forward neurons; ``prune-only``, or 8 healing steps by next-token training (``nll``) or distillation
-  (``kl``), ``f1.5``/``f2``: the forget floor at 1.5 / 2 × the pruned model's forget loss.
+* the one-step schedules compared when the default was chosen (issue 16; docs/selective-pruning.md,
+  "Keeping the English it never saw"): ``p2-*``/``p4-*`` prune 2 % / 4 % of the feed-forward and of the
+  attention neurons, ``ff*`` only feed-forward neurons; ``prune-only``, or 8 healing steps by next-token
+  training (``nll``) or distillation (``kl``), ``f1.5``/``f2``: the forget floor at 1.5 / 2 × the pruned
+  model's forget loss.
 
     python bench/efficacy.py --variants default,prune-heal --out /tmp/efficacy
     python bench/efficacy.py --retain wikitext --variants paper --steps 3 --out /tmp/e

@@ -140,7 +140,8 @@ def main() -> None:
     from taker_compare import TAKER_DTYPES, TAKER_VERSION, TakerChild, taker_venv
 
     import unlearn
-    from unlearn.api import _corpus, coerce_config
+    from unlearn.pipeline.corpora import corpus_for
+    from unlearn.pipeline.validate import coerce_config
     from unlearn.eval.metrics import evaluate_split
     from unlearn.models.adapters import adapter_for
     from unlearn.models.hooks import Ablation, ablated
@@ -179,7 +180,7 @@ def main() -> None:
         spec = {"rows": {}, "special": {}}
         evals = {}
         for which, data in (("forget", cfg.forget), ("retain", cfg.retain)):
-            corpus = _corpus(which, data, loaded.tokenizer, cfg)
+            corpus = corpus_for(which, data, loaded.tokenizer, cfg)
             evals[which] = corpus.eval
             for part, split in (("stats", corpus.stats), ("eval", corpus.eval)):
                 for key, tensor in (("rows", split.input_ids), ("special", split.special)):

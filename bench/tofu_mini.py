@@ -71,7 +71,7 @@ MAX_FORGET = 10  # forget05_perturbed.jsonl = the last 10 authors
 # ~1 min, a method ~1-3 min): 20 authors for 5 epochs would spend ~30 min on the two learn steps alone. 3 epochs at
 # 2e-4 take the target's answer loss from 2.3 to 0.46 and its forget ROUGE-L recall to 0.86 (reference: 0.32).
 DEFAULTS = {
-    "authors": 20,  # the TOFU-mini; the README's measured table used --authors 10 (30 min on 2 cores)
+    "authors": 20,  # the TOFU-mini; the measured table in docs/methods.md used --authors 10 (30 min on 2 cores)
     "forget_authors": 2,
     "epochs": 3.0,
     "lr": 2e-4,

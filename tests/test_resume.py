@@ -46,13 +46,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_checkpoint, t
     reference = unlearn.run({**cfg, "name": "reference"}).run_dir
 
     # interrupt in the middle: at the third evaluation (pruning) or the fifth optimizer step (training)
-    import unlearn.api as api
+    from unlearn.methods.context import MethodContext
 
     training = importlib.import_module("unlearn.methods.training")
 
     calls = {"n": 0}
     if kind == "pruning":
-        real = api.MethodContext.evaluate
+        real = MethodContext.evaluate
 
         def evaluate(self, *args, **kwargs):
             calls["n"] += 1
@@ -60,7 +60,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_checkpoint, t
                 raise KeyboardInterrupt
             return real(self, *args, **kwargs)
 
-        monkeypatch.setattr(api.MethodContext, "evaluate", evaluate)
+        monkeypatch.setattr(MethodContext, "evaluate", evaluate)
     else:
         real = training._finite
 

@@ -197,7 +197,7 @@ def test_config_validation(values, where):
     with pytest.raises(ValidationError, match=where):
         SelectivePruningConfig(**values)
     method = get_method("selective-pruning")
-    with pytest.raises(UnlearnError, match=rf"^selective-pruning: invalid .*{where}"):
+    with pytest.raises(UnlearnError, match=rf"^invalid selective-pruning setting\b.*{where}"):
         method.make_config(values)
 
 

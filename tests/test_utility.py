@@ -121,7 +121,7 @@ def test_cli_bad_utility_source_is_one_line_exit_2(env):
 
 
 def test_long_runs_are_announced_first():
-    from unlearn.api import LONG_RUN_S, _announce_long_run, estimated_seconds
+    from unlearn.pipeline.run import LONG_RUN_S, announce_long_run, estimated_seconds
     from unlearn.methods.selective_pruning import SelectivePruningConfig
 
     split = types.SimpleNamespace(n_tokens=8192)
@@ -139,10 +139,10 @@ def test_long_runs_are_announced_first():
     eta = estimated_seconds(ctx, cfg, per_token)
     heal = cfg.heal_steps * cfg.heal_batch_size * 256 * 2 * 3 * 1.3
     assert eta == pytest.approx((cfg.steps * 4 * 8192 + heal + 3 * 8192) * per_token)
-    _announce_long_run(ctx, cfg, baseline_seconds=3 * 8192 * per_token)
+    announce_long_run(ctx, cfg, baseline_seconds=3 * 8192 * per_token)
     assert eta > LONG_RUN_S and len(logged) == 1 and "more minutes" in logged[0]
     logged.clear()
-    _announce_long_run(ctx, cfg, baseline_seconds=3 * 8192 / 1e6)  # a fast machine: nothing to say
+    announce_long_run(ctx, cfg, baseline_seconds=3 * 8192 / 1e6)  # a fast machine: nothing to say
     assert logged == []
 
 

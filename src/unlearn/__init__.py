@@ -1,6 +1,6 @@
 """unlearn: make a causal language model forget, and prove it."""
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .api import (  # noqa: E402
     RunResult,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .data.sources import DataSpec
 from .errors import UnlearnError
+from .validation import build
 
 
 # Accelerate's big-model placements that --device-map accepts
@@ -222,39 +222,9 @@ def _not_finite(value) -> bool:
     return False
 
 
-def _shown(key) -> str:
-    """A config key as an error message shows it: plain names as they are, anything else quoted (one line)."""
-    return str(key) if isinstance(key, int) or str(key).isidentifier() else repr(key)
-
-
-def _fields_at(loc: tuple) -> list[str]:
-    """The setting names valid at ``loc`` (the path of an unknown key, without the key itself)."""
-    model: type[BaseModel] = RunConfig
-    for part in loc:
-        if isinstance(part, int):
-            continue  # an item of a list of settings (evals)
-        field = model.model_fields.get(part)
-        candidates = [field.annotation, *get_args(field.annotation)] if field is not None else []
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
 def parse_config(values: dict) -> RunConfig:
     """Validate settings; any problem raises :class:`UnlearnError` with one line naming the setting."""
-    try:
-        return RunConfig(**_text_keys(values, "setting"))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(_shown(p) for p in err["loc"]) or "config"
-        message = " ".join(str(err["msg"]).split()).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and err["loc"]:
-            close = difflib.get_close_matches(str(err["loc"][-1]), _fields_at(err["loc"][:-1]), n=1)
-            message += f" (did you mean {close[0]}?)" if close else ""
-        raise UnlearnError(f"invalid config {where}: {message}") from exc
-    except ValueError as exc:  # a setting name that is not text (found before pydantic sees the settings)
-        raise UnlearnError(f"invalid config: {exc}") from exc
+    return build(RunConfig, values, "config")
 
 
 MAPPINGS = ("forget", "retain", "utility", "stop", "method_config")  # config sections that hold settings of their own

@@ -1,4 +1,4 @@
-"""The prompt attacks' templates (written for this project; listed in the README).
+"""The prompt attacks' templates (written for this project; listed in docs/audit.md).
 
 Text corpora (running text, code) get a *context* placed before each evaluation chunk; the chunk's tokens are
 scored exactly as without it. Question–answer data gets a rewritten question (or an answer prefix); the answer

@@ -20,16 +20,17 @@ from ..config import DataConfig, RunConfig, load_config_file, parse_config
 from ..errors import UnlearnError
 from ..eval.metrics import evaluate_split
 from ..progress import Reporter
+from ..registry import Registry
+from ..validation import build
 from .attacks import logit_lens, quantize_model, recovery, relearn
 from .probes import Probes, build_probes
 
-ATTACKS = {
-    "relearn": "fine-tune on a held-out slice of the forget data (and on the retain data as a control)",
-    "quantize": "round-trip the linear layers' weights through int8 / 4-bit integers (per channel, symmetric)",
-    "logit-lens": "read the forget tokens off every layer's hidden state (final norm + unembedding)",
-    "prompt": "paraphrased questions, step-by-step, role-play, prefix-injection and affirmative-suffix prompts",
-    "in-context": "place forget material (spare chunks, or neighbouring QA records) before each probe",
-}
+ATTACKS: Registry[str] = Registry("attack")  # name: what the attack does
+ATTACKS.add("relearn", "fine-tune on a held-out slice of the forget data (and on the retain data as a control)")
+ATTACKS.add("quantize", "round-trip the linear layers' weights through int8 / 4-bit integers (per channel, symmetric)")
+ATTACKS.add("logit-lens", "read the forget tokens off every layer's hidden state (final norm + unembedding)")
+ATTACKS.add("prompt", "paraphrased questions, step-by-step, role-play, prefix-injection and affirmative-suffix prompts")
+ATTACKS.add("in-context", "place forget material (spare chunks, or neighbouring QA records) before each probe")
 
 
 class AuditConfig(BaseModel):
@@ -59,14 +60,7 @@ class AuditConfig(BaseModel):
 
 
 def make_config(settings: dict | None) -> AuditConfig:
-    try:
-        return AuditConfig(**(settings or {}))
-    except Exception as exc:  # noqa: BLE001 - pydantic's message, one line
-        errors = getattr(exc, "errors", lambda: [])()
-        if errors:
-            e = errors[0]
-            raise UnlearnError(f"audit setting {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-        raise UnlearnError(f"invalid audit settings: {exc}") from None
+    return build(AuditConfig, settings, "audit setting")
 
 
 def run_folder(model: str) -> Path | None:
@@ -105,7 +99,9 @@ def audit(
     results go to ``RUN/audit.json`` (else ``OUT/audit.json``, default ``audits/<model>``). ``attacks``: any of
     :data:`ATTACKS` (default all); ``settings``: :class:`AuditConfig` fields. Returns the audit record.
     """
-    from ..api import _check_data_exists, _slug, versions
+    from ..pipeline.corpora import check_data_exists
+    from ..pipeline.evaluate import slug
+    from ..runs.manifest import versions
     from ..eval.scoring import Template
     from ..eval.store import write_json_atomic
     from ..models.adapters import adapter_for
@@ -116,8 +112,7 @@ def audit(
     cfg = make_config(settings)
     chosen = list(attacks or ATTACKS)
     for a in chosen:
-        if a not in ATTACKS:
-            raise UnlearnError(f"unknown attack {a!r}: use one of {', '.join(ATTACKS)}")
+        ATTACKS.lookup(a)
     run_dir = run_folder(model)
     run_cfg = _run_config(run_dir) if run_dir else RunConfig()
     if run_dir is not None:
@@ -131,7 +126,7 @@ def audit(
         raise UnlearnError("pass --forget and --retain (or audit a run folder, which records both)")
     control_cfg = _data(control) or retain_cfg
     for d in {id(x): x for x in (forget_cfg, retain_cfg, control_cfg)}.values():
-        _check_data_exists(d)
+        check_data_exists(d)
     seq_len = seq_len or run_cfg.seq_len
     eval_tokens = eval_tokens or run_cfg.eval_tokens
     seed = run_cfg.seed if seed is None else seed
@@ -139,7 +134,7 @@ def audit(
     # a run folder's model is loaded as the run saved and evaluated it (a trained or healed model is float32)
     saved_dtype = dtype or (_saved_dtype(run_dir) if run_dir else None) or run_cfg.dtype
     dtype = dtype or run_cfg.dtype
-    out_dir = Path(out) if out is not None else run_dir or Path("audits") / _slug(model)
+    out_dir = Path(out) if out is not None else run_dir or Path("audits") / slug(model)
     path = out_dir / "audit.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise UnlearnError(f"output folder {out_dir} is a file: choose another --out")
@@ -359,9 +354,9 @@ def _prompt_description(p: Probes, variant: str) -> str:
 def _data(d) -> DataConfig | None:
     if d is None or isinstance(d, DataConfig):
         return d
-    from ..api import _detect_format
+    from ..pipeline.corpora import detect_format
 
-    return DataConfig(source=str(d), format=_detect_format(str(d)))
+    return DataConfig(source=str(d), format=detect_format(str(d)))
 
 
 def _saved_dtype(run_dir: Path) -> str | None:

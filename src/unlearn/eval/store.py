@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UnlearnError
 from ..models.save import file_sha256  # noqa: F401 - the suites hash their data files with it
 

@@ -7,15 +7,21 @@ passed to :func:`unlearn.run`) override the preset's.
 from __future__ import annotations
 
 from ..errors import UnlearnError
+from ..registry import Registry
 
-PRESETS: dict[str, dict] = {
-    "paper": {
+PRESETS: Registry[dict] = Registry("preset")
+PRESETS.add(
+    "paper",
+    {
         "summary": "the published selective pruning (Pochinkov & Schoots 2024): abs importance, 2 % of the "
         "feed-forward neurons per step, zero ablation, no healing",
         "method": "selective-pruning",
         "method_config": {"importance": "abs", "ff_frac": 0.02, "attn_frac": 0.0, "steps": 4, "heal_steps": 0},
     },
-    "prune-heal": {
+)
+PRESETS.add(
+    "prune-heal",
+    {
         "summary": "prune 6 % of the feed-forward and attention neurons (rms, 1 % + 1 % per step), then heal: "
         "40 steps of next-token training on 40k retain tokens with the pruned neurons held pruned and a forget "
         "floor (the forget loss may not fall below where pruning left it)",
@@ -34,14 +40,12 @@ PRESETS: dict[str, dict] = {
             "heal_floor_scale": 1.0,
         },
     },
-}
+)
 
 
 def apply_preset(name: str, method: str | None, method_config: dict) -> tuple[str, dict]:
     """The method and method settings of preset ``name``, with ``method_config`` (explicit settings) on top."""
-    if name not in PRESETS:
-        raise UnlearnError(f"unknown preset {name!r}: use {', '.join(sorted(PRESETS))}")
-    preset = PRESETS[name]
+    preset = PRESETS.lookup(name)
     if method is not None and method != preset["method"]:
         raise UnlearnError(f"preset {name} is a {preset['method']} preset: drop --method {method}")
     return preset["method"], {**preset["method_config"], **method_config}

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from ..errors import UnlearnError
+from ..registry import Registry
+from ..validation import build
 
 
 @dataclass(frozen=True)
@@ -24,12 +25,7 @@ class Method:
     budget: bool = True  # whether the method honours stopping budgets (steps it can stop between)
 
     def make_config(self, values: dict | None) -> BaseModel:
-        try:
-            return self.config_cls(**(values or {}))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            raise UnlearnError(f"{self.name}: invalid {where}: {err['msg']}") from exc
+        return build(self.config_cls, values, f"{self.name} setting")
 
 
 @dataclass
@@ -43,23 +39,20 @@ class MethodResult:
     extra: dict = field(default_factory=dict)  # method facts worth recording in the manifest
 
 
-REGISTRY: dict[str, Method] = {}
-
-
 def canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
+REGISTRY: Registry[Method] = Registry("method", key=canonical)
+
+
 def register(name: str, config_cls: type[BaseModel], summary: str, *, budget: bool = True):
     def wrap(fn):
-        REGISTRY[canonical(name)] = Method(canonical(name), config_cls, fn, summary, budget)
+        REGISTRY.add(name, Method(canonical(name), config_cls, fn, summary, budget))
         return fn
 
     return wrap
 
 
 def get_method(name: str) -> Method:
-    key = canonical(name)
-    if key not in REGISTRY:
-        raise UnlearnError(f"unknown method {name!r}: available methods are {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[key]
+    return REGISTRY.lookup(name)

@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from .. import __version__
+from ..version import __version__
 from ..errors import UnlearnError
 from .data import Cell, Details, DefList, Document, Para, Plot, Section, Table, load_run
 

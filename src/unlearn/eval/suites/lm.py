@@ -21,7 +21,7 @@ from ...data.chunking import build_corpus
 from ...data.sources import DataSpec
 from .. import functional as F
 from ..metrics import evaluate_split
-from . import Suite, SuiteConfig, SuiteContext, mean, register
+from .base import Suite, SuiteConfig, SuiteContext, mean, register
 
 
 class LmConfig(SuiteConfig):

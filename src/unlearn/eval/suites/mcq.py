@@ -23,7 +23,7 @@ from pydantic import Field
 from ...data.formats import load_mc
 from ...errors import UnlearnError
 from .. import functional as F
-from . import Suite, SuiteConfig, SuiteContext, mean, register
+from .base import Suite, SuiteConfig, SuiteContext, mean, register
 
 LETTERS = string.ascii_uppercase
 

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ...data.formats import load_texts
 from .. import functional as F
-from . import Suite, SuiteConfig, SuiteContext, register
+from .base import Suite, SuiteConfig, SuiteContext, register
 
 MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
 

@@ -16,7 +16,7 @@ from pydantic import Field
 from ...data.formats import load_continuations, load_qa, load_texts
 from ...errors import UnlearnError
 from .. import functional as F
-from . import Suite, SuiteConfig, SuiteContext, mean, register
+from .base import Suite, SuiteConfig, SuiteContext, mean, register
 from .mia import mia_aucs, mia_samples
 
 

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ...data.formats import load_probes, load_texts
 from .. import functional as F
-from . import Suite, SuiteConfig, SuiteContext, mean, register
+from .base import Suite, SuiteConfig, SuiteContext, mean, register
 from .mia import mia_aucs, mia_samples
 
 # RWKU's instructions (its evaluation code words them this way for the three probe kinds)

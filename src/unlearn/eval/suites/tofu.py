@@ -13,7 +13,7 @@ from pydantic import Field
 from ...data.formats import load_qa
 from ...errors import UnlearnError
 from .. import functional as F
-from . import Suite, SuiteConfig, SuiteContext, mean, register
+from .base import Suite, SuiteConfig, SuiteContext, mean, register
 
 UTILITY_PARTS = ("retain", "real_authors", "world_facts")
 

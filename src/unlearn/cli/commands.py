@@ -1,0 +1,345 @@
+"""The other commands: ``learn``, ``suites``, ``methods``, ``ledger``, ``report`` and ``audit``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import UnlearnError
+from ..config import RunConfig
+from ..config import DataConfig
+from ..audit.runner import ATTACKS
+from .group import choices, console_for, key_values, main
+
+
+@main.command("learn")
+@click.option(
+    "--model", default="smollm2-135m", show_default=True, help="Model to fine-tune (same forms as run --model)."
+)
+@click.option("--data", required=True, help="QA records (question, answer) or text: file, folder, glob or built-in.")
+@click.option("--out", "out_dir", required=True, help="Folder for the fine-tuned checkpoint (must not exist).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "qa", "text"]),
+    default="auto",
+    show_default=True,
+    help="qa: chat template, loss on answers; auto: qa when records have question and answer fields.",
+)
+@click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the data (unless --steps).")
+@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per optimizer step.")
+@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per row (QA rows are padded).")
+@click.option("--tokens", type=int, default=65536, show_default=True, help="Text data: tokens to train on.")
+@click.option("--lora", help="Train LoRA adapters and merge them: 'r=16[,alpha=32,dropout=0,targets=a;b]'.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=choices(RunConfig, "dtype"), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len, tokens, lora, seed, dtype, device):
+    """Fine-tune a model on data with the unlearning methods' training loop (e.g. to build TOFU-style targets)."""
+    from .. import api
+
+    if epochs <= 0 or (steps is not None and steps < 1) or batch_size < 1 or seq_len < 8 or tokens < 1 or lr <= 0:
+        raise UnlearnError("--epochs, --steps, --lr, --batch-size and --tokens must be positive, --seq-len at least 8")
+    result = api.learn(
+        model,
+        data,
+        out_dir,
+        format=fmt,
+        epochs=epochs,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        tokens=tokens,
+        lora=lora,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        console=console_for(),
+    )
+    log = result["log"]
+    click.echo(
+        f"learnt {result['data']['rows']} rows of {data} ({result['data']['format']}) in {len(log)} steps: "
+        f"loss {log[0]['loss']:.4f} -> {log[-1]['loss']:.4f}; checkpoint: {result['path']}"
+    )
+
+
+def _print_registry(info: dict, params: str, as_json: bool, extra=None) -> None:
+    """Print a registry (methods or suites): name and summary, optional extra lines, then each parameter."""
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for name, entry in info.items():
+        click.echo(f"{name}: {entry['summary']}")
+        if extra:
+            click.echo(f"    {extra(entry)}")
+        for key, p in entry[params].items():
+            click.echo(f"    {key} = {p['default']!r}  {p['description'] or ''}")
+
+
+@main.command("suites")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def suites_cmd(as_json):
+    """List the evaluation suites, their parts (file names in a benchmark folder) and settings."""
+    from .. import api
+
+    def parts(st) -> str:
+        return "parts: " + (
+            st["parts"] if isinstance(st["parts"], str) else ", ".join(f"{k}={v}" for k, v in st["parts"].items())
+        )
+
+    _print_registry(api.suites(), "settings", as_json, parts)
+
+
+@main.command("methods")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def methods_cmd(as_json):
+    """List the registered unlearning methods and their parameters (defaults and meaning), then the presets."""
+    from .. import api
+    from ..methods.presets import PRESETS
+
+    _print_registry(api.methods(), "parameters", as_json)
+    if as_json:
+        return
+    click.echo("\npresets (--preset NAME):")
+    for name, preset in PRESETS.items():
+        settings = ", ".join(f"{k}={v}" for k, v in preset["method_config"].items())
+        click.echo(f"  {name}: {preset['summary']}\n    {preset['method']}: {settings}")
+
+
+@main.command("ledger")
+@click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger as JSON.")
+def ledger_cmd(run_dir, as_json):
+    """The chain of unlearning requests behind RUN_DIR (root first): what was forgotten, when, how, and the
+    model and data hashes, with every hash re-verified against the files on disk.
+
+    Exit code 0 when everything matches, 1 when a check fails, 2 when RUN_DIR is not a run folder.
+    """
+    from .. import api
+
+    result = api.ledger(run_dir)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _print_ledger(result)
+    if not result["verified"]:
+        problems = result["problems"]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        click.echo(f"error: verification failed: {problems[0]}{more}", err=True)
+        sys.exit(1)
+
+
+def _short(sha: str | None) -> str:
+    return sha[:16] if sha else "-"
+
+
+def _print_ledger(result: dict) -> None:
+    """One section per request, root first: what, when, how, the hashes and whether they verified."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..report.ledger import compact_method_config
+
+    table = Table(title=f"unlearning requests behind {result['run_dir']}", title_justify="left", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("request", overflow="fold")
+    table.add_column("forgot / kept", overflow="fold")
+    table.add_column("method", overflow="fold")
+    table.add_column("sha256", overflow="fold", no_wrap=True)
+    table.add_column("ok")
+    for i, r in enumerate(result["requests"], 1):
+        model, data = r["model"], r["data"]
+        table.add_row(
+            str(i),
+            f"{r['run']}\n{r['created'] or '-'}",
+            f"{r['forget_source']}\nkept: {r['retain_source']}",
+            f"{r['method']}\n{compact_method_config(r['method'], r['method_config'])}",
+            f"model  {_short(model['sha256_before'])}\n    →  {_short(model['sha256_after'])}\n"
+            f"forget {_short(data['forget']['sha256_tokens'])}\nretain {_short(data['retain']['sha256_tokens'])}",
+            "yes" if r["verified"] else "NO",
+        )
+    Console().print(table)
+    n = len(result["requests"])
+    if result["verified"]:
+        click.echo(f"verified: {n} request{'s' if n != 1 else ''}, all hashes match")
+        return
+    for problem in result["problems"]:
+        click.echo(f"problem: {problem}")
+    click.echo(f"verification failed: {len(result['problems'])} problem(s) in {n} request(s)")
+
+
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR [RUN_DIR ...]")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(),
+    help="Folder for report.html and report.md (default: the run folder; with several runs reports/TIMESTAMP).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def report_cmd(run_dirs, out_dir, as_json):
+    """Write report.html (self-contained, figures inline) and report.md for one or several run folders: metrics
+    before/after, the trade-off per step, pruned neurons per layer, suites, audit, earlier requests, manifest;
+    with several runs also a comparison table and overlaid trade-off curves."""
+    from .. import api
+
+    paths = api.report(list(run_dirs), out=out_dir)
+    if as_json:
+        click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    else:
+        click.echo(f"report: {paths['html']} (markdown: {paths['md']})")
+
+
+@main.command("audit")
+@click.argument("run_dir", required=False)
+@click.option("--model", help="The unlearned model (a checkpoint folder or hub id), if RUN_DIR is not given.")
+@click.option("--original", help="The model before unlearning (default: the run's input model).")
+@click.option("--forget", help="Forget data (default: the run's): file, folder, glob, built-in or hf:NAME.")
+@click.option("--retain", help="Retain data (default: the run's).")
+@click.option("--forget-format", type=choices(DataConfig, "format"), help="Format of --forget (default: detected).")
+@click.option("--retain-format", type=choices(DataConfig, "format"), help="Format of --retain (default: detected).")
+@click.option("--control", help="Unrelated data for the control relearning (default: the retain data).")
+@click.option(
+    "--attack",
+    "attacks",
+    multiple=True,
+    type=click.Choice(list(ATTACKS)),
+    help="Run only these attacks (repeatable; default all).",
+)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="An audit setting (repeatable; see below).")
+@click.option("--out", "out_dir", help="Write OUT/audit.json (default: the run folder, else audits/<model>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing audit.json.")
+@click.option("--seq-len", type=int, help="Tokens per chunk (default: the run's).")
+@click.option("--eval-tokens", type=int, help="Tokens of evaluation rows per corpus (default: the run's).")
+@click.option("--seed", type=int, help="Seed for the choice of chunks (default: the run's).")
+@click.option("--batch-size", type=int, help="Rows per forward pass (default: the run's).")
+@click.option("--dtype", type=choices(RunConfig, "dtype"), help="Default: the run's.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON instead of a table.")
+def audit_cmd(
+    run_dir,
+    model,
+    original,
+    forget,
+    retain,
+    forget_format,
+    retain_format,
+    control,
+    attacks,
+    settings,
+    out_dir,
+    overwrite,
+    seq_len,
+    eval_tokens,
+    seed,
+    batch_size,
+    dtype,
+    device,
+    as_json,
+):
+    """Attack an unlearned model and measure how much of the forgotten material comes back.
+
+    Each attack reports the forget metric before unlearning, after unlearning and after the attack, and the
+    recovery = (after attack - after unlearning) / (before - after unlearning), clipped to [0, 1].
+
+    \b
+    relearn     fine-tune 20 steps on held-out forget data, and on the retain data as a control
+    quantize    round-trip the linear weights through int8 and 4-bit integers (per channel, symmetric)
+    logit-lens  read the forget tokens off every layer's hidden state (final norm + unembedding)
+    prompt      step-by-step, role-play, prefix-injection (and, for QA data, paraphrase and
+                affirmative-suffix) prompts
+    in-context  forget material placed before each probe, on the unlearned and the original model
+
+    \b
+    Settings (--set KEY=VALUE): metric (top1|top10), relearn_steps (20), relearn_lr (5e-5),
+    relearn_batch_size (4), relearn_tokens (4096), quant_bits ([8, 4]), quant_group_size (0 = per channel),
+    shots (text 1 chunk, QA 3 records), topic (for the text prompts).
+
+    \b
+    unlearn audit runs/NAME                      # everything from the run folder; writes runs/NAME/audit.json
+    unlearn audit --model M --original O --forget F --retain R
+    """
+    from .. import api
+    from ..config import DataConfig
+    from ..pipeline.corpora import detect_format
+
+    if run_dir and model:
+        raise UnlearnError("give either RUN_DIR or --model, not both")
+    if not (run_dir or model):
+        raise UnlearnError("give a run folder (RUN_DIR) or --model")
+
+    def data(source, fmt):
+        if source is None:
+            if fmt:
+                raise UnlearnError("--forget-format/--retain-format need --forget/--retain")
+            return None
+        return DataConfig(source=source, format=fmt or detect_format(source))
+
+    result = api.audit(
+        run_dir or model,
+        original=original,
+        forget=data(forget, forget_format),
+        retain=data(retain, retain_format),
+        control=control,
+        attacks=list(attacks) or None,
+        settings=key_values(settings, "--set"),
+        out=out_dir,
+        overwrite=overwrite,
+        seq_len=seq_len,
+        eval_tokens=eval_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        console=console_for(),
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    _print_audit(result)
+
+
+def _print_audit(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metric = result["metric"]
+    table = Table(
+        title=f"audit of {result['model']['spec']} against {result['original']['spec']} "
+        f"(forget {result['forget']['source']}, {metric})",
+        title_justify="left",
+    )
+    for col in ("attack", "before", "unlearned", "attacked", "recovery", "original attacked", "retain attacked"):
+        table.add_column(col, justify="left" if col == "attack" else "right")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    for a in result["attacks"]:
+        rec = a["recovery"]
+        style = None if rec is None or rec < 0.25 else ("yellow" if rec < 0.5 else "red")
+        table.add_row(
+            f"{a['attack']}:{a['variant']}",
+            fmt(a["before"]),
+            fmt(a["after_unlearning"]),
+            fmt(a["after_attack"]),
+            "-" if rec is None else f"{rec:.0%}",
+            fmt(a["original_attacked"]),
+            fmt((a["retain"] or {}).get("after_attack")),
+            style=style,
+        )
+    console = Console()
+    console.print(table)
+    top = result["max_recovery"]
+    if top:
+        console.print(f"largest recovery: {top['attack']} {top['recovery']:.0%}", highlight=False)
+    console.print(f"audit: {result['path']} ({result['timings_s']['total']:.0f} s)", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

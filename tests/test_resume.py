@@ -18,7 +18,7 @@ import pytest
 
 import unlearn
 from conftest import small_run_config
-from unlearn.report.ledger import read_manifest, verify_run
+from unlearn.runs.ledger import read_manifest, verify_run
 
 PRUNING = {"method_config": {"ff_frac": 0.05, "attn_frac": 0.05, "steps": 5}}
 TRAINING = {"method": "graddiff", "method_config": {"steps": 6, "lr": 1e-3, "batch_size": 2}, "checkpoint_every": 2}

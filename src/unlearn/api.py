@@ -64,8 +64,8 @@ def methods() -> dict[str, dict]:
 
 def ledger(run_dir: str | Path) -> dict:
     """The chain of unlearning requests behind a run folder, root first, with every hash re-verified: see
-    :func:`unlearn.report.ledger.ledger`."""
-    from .report.ledger import ledger as build
+    :func:`unlearn.runs.ledger.ledger`."""
+    from .runs.ledger import ledger as build
 
     return build(run_dir)
 

@@ -22,6 +22,7 @@ from ..eval.metrics import evaluate_split
 from ..progress import Reporter
 from ..registry import Registry
 from ..validation import build
+from ..runs.folder import MANIFEST, is_run_folder
 from .attacks import logit_lens, quantize_model, recovery, relearn
 from .probes import Probes, build_probes
 
@@ -67,7 +68,7 @@ def run_folder(model: str) -> Path | None:
     """The run folder ``model`` names (the folder itself or its ``model/``), if it is one."""
     p = Path(model)
     for d in (p, p.parent):
-        if (d / "manifest.json").is_file() and (d / "config.yaml").is_file():
+        if is_run_folder(d):
             if not (d / "model").is_dir():
                 raise UnlearnError(f"run folder {d} has no saved model (it ran with --no-save-model)")
             return d
@@ -364,7 +365,7 @@ def _saved_dtype(run_dir: Path) -> str | None:
     import json
 
     try:
-        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["model"]["dtype"]
+        return json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))["model"]["dtype"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

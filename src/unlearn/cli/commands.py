@@ -143,7 +143,7 @@ def _print_ledger(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..report.ledger import compact_method_config
+    from ..runs.ledger import compact_method_config
 
     table = Table(title=f"unlearning requests behind {result['run_dir']}", title_justify="left", show_lines=True)
     table.add_column("#", justify="right")

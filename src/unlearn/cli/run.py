@@ -174,86 +174,84 @@ from .group import DEFAULTS, PCT, SP, choices, console_for, fraction, int_or_aut
     type=click.Path(),
     help="An `accelerate config` file for --launcher accelerate: DDP, FSDP or DeepSpeed (see configs/accelerate/).",
 )
-def run(
-    config_file,
-    model,
-    from_run,
-    forget,
-    retain,
-    utility,
-    forget_fields,
-    retain_fields,
-    forget_format,
-    retain_format,
-    method,
-    preset,
-    method_params,
-    importance,
-    ff_frac,
-    attn_frac,
-    steps,
-    scope,
-    ablation,
-    lora,
-    collect,
-    max_retain_drop,
-    forget_target_drop,
-    budget_metric,
-    budgets,
-    dtype,
-    device,
-    device_map,
-    seq_len,
-    stats_tokens,
-    eval_tokens,
-    val_tokens,
-    skip_k,
-    batch_size,
-    seed,
-    out_dir,
-    name,
-    evals,
-    no_save_model,
-    no_report,
-    as_json,
-    quiet,
-    resume,
-    launcher,
-    num_processes,
-    accelerate_config,
-):
+def run(**opts):
     """Unlearn a corpus from a model and write a run folder (config, metrics, model, manifest).
 
     With no options: forget Python code (the standard library's source), keep English prose (Python's
     reference documentation without its code), on the bundled SmolLM2-135M-Instruct, offline on the CPU.
     """
     from .. import api
+
+    values = _settings(opts)
+    console = None if opts["quiet"] else console_for()
+    launcher, n, accelerate_config = opts["launcher"], opts["num_processes"], opts["accelerate_config"]
+    if opts["resume"] is not None:
+        if values or launcher != "none":
+            raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
+        result = api.run(console=console, resume=opts["resume"])
+    elif launcher == "accelerate":
+        n = n if n is not None else (None if accelerate_config else 2)
+        result = api.launch(values, num_processes=n, accelerate_config=accelerate_config, console=console)
+    elif n is not None or accelerate_config is not None:
+        raise UnlearnError("--num-processes and --accelerate-config need --launcher accelerate")
+    else:
+        result = api.run(values, console=console)
+    if result.run_dir is None:  # a process other than 0 of a multi-process launch: process 0 reports
+        return
+    if opts["as_json"]:
+        click.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    else:
+        _print_summary(result)
+
+
+RUN_SETTINGS = (
+    "model",
+    "from_run",
+    "method",
+    "preset",
+    "dtype",
+    "device",
+    "device_map",
+    "seq_len",
+    "stats_tokens",
+    "eval_tokens",
+    "val_tokens",
+    "skip_k",
+    "batch_size",
+    "seed",
+    "out_dir",
+    "name",
+)
+METHOD_FLAGS = ("importance", "ff_frac", "attn_frac", "steps", "scope", "ablation", "lora")
+
+
+def _settings(opts: dict) -> dict:
+    """The run's settings: the config file's, with the flags given on top."""
     from ..config import load_config_file
 
-    values = load_config_file(config_file) if config_file else {}
-    for key, val in (
-        ("model", model),
-        ("from_run", from_run),
-        ("method", method),
-        ("preset", preset),
-        ("dtype", dtype),
-        ("device", device),
-        ("device_map", device_map),
-        ("seq_len", seq_len),
-        ("stats_tokens", stats_tokens),
-        ("eval_tokens", eval_tokens),
-        ("val_tokens", val_tokens),
-        ("skip_k", skip_k),
-        ("batch_size", int_or_auto(batch_size, "--batch-size")),
-        ("seed", seed),
-        ("out_dir", out_dir),
-        ("name", name),
-    ):
-        set_if_given(values, key, val)
-    for which, source, fields, fmt in (
-        ("forget", forget, forget_fields, forget_format),
-        ("retain", retain, retain_fields, retain_format),
-    ):
+    values = load_config_file(opts["config_file"]) if opts["config_file"] else {}
+    opts = {**opts, "batch_size": int_or_auto(opts["batch_size"], "--batch-size")}
+    for key in RUN_SETTINGS:
+        set_if_given(values, key, opts[key])
+    _data_settings(values, opts)
+    mc = dict(values.get("method_config") or {})
+    for key in METHOD_FLAGS:
+        set_if_given(mc, key, opts[key])
+    if opts["collect"]:
+        mc["recollect"] = opts["collect"] == "every"
+    mc.update(key_values(opts["method_params"], "--set"))
+    if mc:
+        values["method_config"] = mc
+    stop = _stop_settings(dict(values.get("stop") or {}), opts)
+    if stop:
+        values["stop"] = stop
+    return values
+
+
+def _data_settings(values: dict, opts: dict) -> None:
+    """--forget/--retain (with their fields and formats), --utility, --eval, and what to write."""
+    for which in ("forget", "retain"):
+        source, fields, fmt = opts[which], opts[f"{which}_fields"], opts[f"{which}_format"]
         if source is not None or fields or fmt:
             data = dict(values.get(which) or {})
             set_if_given(data, "source", source)
@@ -263,35 +261,24 @@ def run(
             if "source" not in data:
                 data["source"] = "python-stdlib" if which == "forget" else "general-english"
             values[which] = data
+    utility = opts["utility"]
     if utility is not None:
         values["utility"] = None if utility.strip().lower() == "none" else {"source": utility}
-    if no_save_model:
+    if opts["no_save_model"]:
         values["save_model"] = False
-    if no_report:
+    if opts["no_report"]:
         values["report"] = False
-    for item in evals:
+    for item in opts["evals"]:
         suite, sep, data = item.partition(":")
         if not sep or not suite or not data:
             raise UnlearnError(f"--eval expects SUITE:DATA, got {item!r}")
         values["evals"] = [*(values.get("evals") or []), {"suite": suite, "data": data.split(",")}]
-    mc = dict(values.get("method_config") or {})
-    for key, val in (
-        ("importance", importance),
-        ("ff_frac", ff_frac),
-        ("attn_frac", attn_frac),
-        ("steps", steps),
-        ("scope", scope),
-        ("ablation", ablation),
-        ("lora", lora),
-    ):
-        set_if_given(mc, key, val)
-    if collect:
-        mc["recollect"] = collect == "every"
-    mc.update(key_values(method_params, "--set"))
-    if mc:
-        values["method_config"] = mc
-    stop = dict(values.get("stop") or {})
-    for item in budgets:
+
+
+def _stop_settings(stop: dict, opts: dict) -> dict:
+    """--budget (repeatable), --max-retain-drop, --forget-target-drop and --budget-metric on top of ``stop``."""
+    budget_metric = opts["budget_metric"]
+    for item in opts["budgets"]:
         if item.startswith("kl="):  # a bound on KL(original ‖ model) on the retain validation chunks
             try:
                 stop["max_retain_kl"] = float(item[3:])
@@ -315,29 +302,10 @@ def run(
         stop["metric"] = metric
         key = "max_retain_drop" if which == "retain" else "forget_target_drop"
         stop[key] = fraction(amount, "--budget")
-    set_if_given(stop, "max_retain_drop", fraction(max_retain_drop, "--max-retain-drop"))
-    set_if_given(stop, "forget_target_drop", fraction(forget_target_drop, "--forget-target-drop"))
+    set_if_given(stop, "max_retain_drop", fraction(opts["max_retain_drop"], "--max-retain-drop"))
+    set_if_given(stop, "forget_target_drop", fraction(opts["forget_target_drop"], "--forget-target-drop"))
     set_if_given(stop, "metric", budget_metric)
-    if stop:
-        values["stop"] = stop
-    console = None if quiet else console_for()
-    if resume is not None:
-        if values or launcher != "none":
-            raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
-        result = api.run(console=console, resume=resume)
-    elif launcher == "accelerate":
-        n = num_processes if num_processes is not None else (None if accelerate_config else 2)
-        result = api.launch(values, num_processes=n, accelerate_config=accelerate_config, console=console)
-    elif num_processes is not None or accelerate_config is not None:
-        raise UnlearnError("--num-processes and --accelerate-config need --launcher accelerate")
-    else:
-        result = api.run(values, console=console)
-    if result.run_dir is None:  # a process other than 0 of a multi-process launch: process 0 reports
-        return
-    if as_json:
-        click.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
-    else:
-        _print_summary(result)
+    return stop
 
 
 def _print_summary(result) -> None:

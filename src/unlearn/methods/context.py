@@ -4,7 +4,9 @@ evaluation and stopping) and the relative drops it reports."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ..config import RunConfig
 from ..data.chunking import Corpus
@@ -13,8 +15,36 @@ from ..eval.metrics import evaluate_split, relative_drop
 from ..models.hooks import Ablation, ablated, collect_statistics
 from ..models.load import LoadedModel
 from ..progress import Reporter
-from ..report.rundir import RunFolder
-from unlearn.pipeline.corpora import corpus_for
+from ..runs.folder import RunFolder
+from ..pipeline.corpora import corpus_for
+
+
+@dataclass
+class TrainingData:
+    """A corpus as training sees it: its training chunks (a token split, or a method's own rows)."""
+
+    stats: object
+    name: str = ""
+
+
+@dataclass
+class Training:
+    """What :func:`~unlearn.methods.training.train` reads: the model, the training chunks of both corpora
+    (``forget.stats``, ``retain.stats``; no retain corpus for plain fine-tuning), the seed, and the run's hooks
+    for evaluation, budgets and checkpoints (absent where there is no run: ``unlearn learn``, the audit's
+    relearning). :meth:`MethodContext.training` builds one from a method's context."""
+
+    model: object
+    forget: Corpus | TrainingData
+    retain: Corpus | TrainingData | None
+    seed: int
+    reporter: Reporter
+    evaluate: Callable | None = None  # evaluate(label=..., model=...) -> metrics, every eval_every steps
+    budgeted: bool = False  # whether check_budget is called (every eval_every or 5 steps)
+    check_budget: Callable | None = None
+    save_checkpoint: Callable | None = None  # save_checkpoint(state) every checkpoint_every steps
+    checkpoint_every: int = 0
+    resumed: dict | None = None  # the state saved by an interrupted run
 
 
 @dataclass
@@ -42,6 +72,24 @@ class MethodContext:
     @property
     def model(self):
         return self.loaded.model
+
+    def training(self, **overrides) -> Training:
+        """This context as :func:`~unlearn.methods.training.train` reads it, with some of it replaced (e.g. a copy
+        of the model, another forget split, no checkpoints)."""
+        view = Training(
+            model=self.model,
+            forget=self.forget,
+            retain=self.retain,
+            seed=self.config.seed,
+            reporter=self.reporter,
+            evaluate=self.evaluate,
+            budgeted=self.budgeted,
+            check_budget=self.check_budget,
+            save_checkpoint=self.save_checkpoint,
+            checkpoint_every=self.config.checkpoint_every,
+            resumed=self.resumed,
+        )
+        return dataclasses.replace(view, **overrides)
 
     def corpus(self, which: str) -> Corpus:
         return self.forget if which == "forget" else self.retain

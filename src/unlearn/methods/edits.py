@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..errors import UnlearnError
 from . import losses as L
 from .registry import MethodResult, register
-from .training import TrainConfig, batches, context_view, train
+from .training import TrainConfig, batches, train
 
 
 def _logits(model, batch):
@@ -244,7 +244,7 @@ def negate_task_vector(
 )
 def task_vector(ctx, cfg: TaskVectorConfig) -> MethodResult:
     """Fine-tune a copy on the forget NLL with the shared loop, then θ ← θ − α·(θ_ft − θ) on the original."""
-    proxy = context_view(ctx, model=copy.deepcopy(ctx.model))
+    proxy = ctx.training(model=copy.deepcopy(ctx.model))
 
     def loss(model, forget, retain, reference):
         f = L.nll(_logits(model, forget), forget["labels"])

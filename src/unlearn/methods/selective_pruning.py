@@ -17,7 +17,6 @@ preset is the published algorithm.
 from __future__ import annotations
 
 import contextlib
-import types
 from typing import Literal
 
 import torch
@@ -183,7 +182,7 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     forget_stats = retain_stats = None
     current = ctx.baseline
     stop_reason = f"completed {cfg.steps} steps"
-    resumed = getattr(ctx, "resumed", None)
+    resumed = ctx.resumed
     if resumed is not None:  # an interrupted run: continue after its last completed step
         ablation, steps, current = resumed["ablation"], resumed["steps"], resumed["current"]
     for step in range(len(steps) + 1, cfg.steps + 1):
@@ -231,9 +230,8 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
         if reason:
             stop_reason = reason
             break
-        saver = getattr(ctx, "save_checkpoint", None)  # None in a context without a run folder
-        if saver and step < cfg.steps:
-            saver({"ablation": ablation, "steps": steps, "current": current})
+        if step < cfg.steps:  # a no-op in a context without a run folder
+            ctx.save_checkpoint({"ablation": ablation, "steps": steps, "current": current})
     pruned_any = any(ablation.total(k) for k in kinds)
     if cfg.heal_steps and not pruned_any:
         stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
@@ -302,7 +300,8 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     from ..eval.metrics import mean_loss
     from ..models.hooks import Switch, ablated
     from . import losses
-    from .training import TrainConfig, context_view, train
+    from .context import TrainingData
+    from .training import TrainConfig, train
 
     def nll(model, batch):
         return losses.nll(model(**_inputs(batch)).logits, batch["labels"])
@@ -314,9 +313,10 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
         checkpointing=cfg.heal_checkpointing,
         lora=cfg.heal_lora,
     )
-    retain = types.SimpleNamespace(stats=retain_split)
     # healing is short: it restarts on --resume
-    view = context_view(ctx, retain=retain, save_checkpoint=None, resumed=None)
+    view = ctx.training(
+        retain=TrainingData(retain_split), save_checkpoint=None, resumed=None, budgeted=False, check_budget=None
+    )
     # KL healing distils from the model as it was before pruning: with LoRA, the same model with its adapters and
     # ablation hooks off; otherwise a frozen copy, taken before the ablation hooks go on
     original = None

@@ -7,7 +7,6 @@ from the original paper or code) and a loss on one forget and one retain micro-b
 
 from __future__ import annotations
 
-import types
 from typing import Literal
 
 import torch
@@ -16,7 +15,8 @@ from pydantic import Field, model_validator
 from ..errors import UnlearnError
 from . import losses as L
 from .registry import register
-from .training import TrainConfig, context_view, train
+from .context import TrainingData
+from .training import TrainConfig, train
 
 RetainLoss = Literal["none", "nll", "kl"]
 
@@ -54,7 +54,7 @@ def gradient_ascent(ctx, cfg: GradientAscentConfig):
         f = -L.nll(_logits(model, forget), forget["labels"])
         return f, {"forget_loss": f.detach()}
 
-    return train(ctx, cfg, loss)
+    return train(ctx.training(), cfg, loss)
 
 
 class GradDiffConfig(TrainConfig):
@@ -69,7 +69,7 @@ def graddiff(ctx, cfg: GradDiffConfig):
         f = -L.nll(_logits(model, forget), forget["labels"])
         return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), cfg.gamma, cfg.alpha)
 
-    return train(ctx, cfg, loss, needs_reference=cfg.retain_loss == "kl")
+    return train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl")
 
 
 class RetainTermConfig(TrainConfig):
@@ -92,7 +92,7 @@ def npo(ctx, cfg: NPOConfig):
         f = L.npo(logp, ref_logp, cfg.beta)
         return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
-    return train(ctx, cfg, loss, needs_reference=True)
+    return train(ctx.training(), cfg, loss, needs_reference=True)
 
 
 class SimNPOConfig(RetainTermConfig):
@@ -107,7 +107,7 @@ def simnpo(ctx, cfg: SimNPOConfig):
         f = L.simnpo(logp, n, cfg.beta, cfg.delta)
         return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
-    return train(ctx, cfg, loss, needs_reference=cfg.retain_loss == "kl")
+    return train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl")
 
 
 class IHLConfig(TrainConfig):
@@ -141,7 +141,7 @@ def ihl(ctx, cfg: IHLConfig):
         def init(peft_model):
             fila_init(peft_model, fisher_f, fisher_r)
 
-    return train(ctx, cfg, loss, lora_init=init)
+    return train(ctx.training(), cfg, loss, lora_init=init)
 
 
 class RMUConfig(TrainConfig):
@@ -203,7 +203,7 @@ def rmu(ctx, cfg: RMUConfig):
         names = {id(m): n for n, m in ctx.model.named_modules()}
         targets = ";".join(names[id(ctx.adapter.out_proj(ctx.model, i, "ff"))] for i in update)
         cfg = cfg.model_copy(update={"lora": f"{cfg.lora},targets={targets}"})
-    result = train(ctx, cfg, loss, needs_reference=True, trainable=trainable)
+    result = train(ctx.training(), cfg, loss, needs_reference=True, trainable=trainable)
     result.extra.update(layer=layer, update_layers=update, steering_coef=coef)
     return result
 
@@ -255,8 +255,7 @@ def idk_dpo(ctx, cfg: IdkDPOConfig):
         f = L.dpo(logp[n:], logp[:n], ref[n:], ref[:n], cfg.beta)
         return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
-    proxy = context_view(ctx, forget=types.SimpleNamespace(stats=pairs, name="forget"))
-    return train(proxy, cfg, loss, needs_reference=True)
+    return train(ctx.training(forget=TrainingData(pairs, "forget")), cfg, loss, needs_reference=True)
 
 
 def _refusal_pairs(ctx):

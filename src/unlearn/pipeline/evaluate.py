@@ -10,7 +10,8 @@ from ..errors import UnlearnError
 from ..eval.metrics import evaluate_split
 from ..models.load import LoadedModel, load_model, state_dict_hash
 from ..progress import Reporter
-from unlearn.pipeline.corpora import check_data_exists
+from ..runs.folder import MANIFEST, is_run_folder
+from ..pipeline.corpora import check_data_exists
 
 
 _D = RunConfig()
@@ -59,14 +60,14 @@ def slug(text: str) -> str:
 def _run_folder_of(model: str) -> Path | None:
     """The run folder that holds ``model`` (``runs/NAME/model``), if it is one."""
     p = Path(model)
-    return p.parent if p.is_dir() and (p.parent / "manifest.json").is_file() else None
+    return p.parent if p.is_dir() and is_run_folder(p.parent) else None
 
 
 def _original_of(run_dir: Path) -> str | None:
     import json
 
     try:
-        m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))["model"]
+        m = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))["model"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return m.get("spec") if m.get("spec") == "smollm2-135m" else m.get("source") or m.get("spec")

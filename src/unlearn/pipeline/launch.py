@@ -10,9 +10,9 @@ import torch
 from .. import distributed
 from ..config import RunConfig
 from ..errors import UnlearnError
-from ..report.rundir import RunFolder
-from unlearn.pipeline.run import RunResult
-from unlearn.pipeline.validate import coerce_config, validated_config
+from ..runs.folder import MANIFEST, RunFolder
+from ..pipeline.run import RunResult
+from ..pipeline.validate import coerce_config, validated_config
 
 
 def launch(
@@ -63,10 +63,10 @@ def launch(
     run_dir = Path(cfg.out_dir) / name
     if errors:  # the processes' own one-line error (each process reports the same one)
         raise UnlearnError(errors[0])
-    if code != 0 or not (run_dir / "manifest.json").is_file():
+    if code != 0 or not (run_dir / MANIFEST).is_file():
         raise UnlearnError(f"the launched run failed (exit code {code}): its processes' messages are above")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
     return RunResult(run_dir, metrics, manifest, coerce_config(run_dir / "config.yaml"))
 
 

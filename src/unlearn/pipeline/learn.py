@@ -17,8 +17,8 @@ from ..errors import UnlearnError, from_os_error
 from ..models.load import load_model, state_dict_hash
 from ..models.save import save_checkpoint
 from ..progress import Reporter
-from unlearn.pipeline.corpora import check_data_exists, detect_format, qa_corpus_for
-from unlearn.runs.manifest import versions
+from ..pipeline.corpora import check_data_exists, detect_format, qa_corpus_for
+from ..runs.manifest import versions
 
 
 def learn(

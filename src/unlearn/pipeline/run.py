@@ -19,13 +19,13 @@ from ..models.hooks import Ablation
 from ..models.load import LoadedModel, load_model, state_dict_hash
 from ..models.save import check_foldable, fold, save_checkpoint
 from ..progress import Reporter
-from ..report.rundir import RunFolder, find_interrupted
-from unlearn.methods.context import MethodContext, drops
-from unlearn.pipeline.corpora import run_corpora, split_sha256
-from unlearn.pipeline.evaluate import evaluate_suite
-from unlearn.pipeline.sequential import earlier_entries, earlier_requests, measure_earlier
-from unlearn.pipeline.validate import check_parent_model, validated_config
-from unlearn.runs.manifest import run_file_hashes, versions
+from ..runs.folder import MANIFEST, RunFolder, find_interrupted
+from ..methods.context import MethodContext, drops
+from ..pipeline.corpora import run_corpora, split_sha256
+from ..pipeline.evaluate import evaluate_suite
+from ..pipeline.sequential import earlier_entries, earlier_requests, measure_earlier
+from ..pipeline.validate import check_parent_model, validated_config
+from ..runs.manifest import run_file_hashes, versions
 
 
 HEADLINE = ("top1", "top10", "loss")
@@ -304,7 +304,7 @@ def _save(state: _State, scratch: Path) -> tuple[dict, dict]:
             folder.write_json("metrics.json", metrics)
             folder.write_json("pruned_neurons.json", ablation.indices())
             manifest["files"] = run_file_hashes(folder)  # manifest.json itself is written last
-            folder.write_json("manifest.json", manifest)
+            folder.write_json(MANIFEST, manifest)
     return metrics, manifest
 
 

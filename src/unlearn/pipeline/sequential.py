@@ -8,14 +8,14 @@ from ..config import RunConfig
 from ..errors import UnlearnError
 from ..eval.metrics import evaluate_split
 from ..progress import Reporter
-from unlearn.pipeline.corpora import check_data_exists, eval_chunks, split_sha256
-from unlearn.pipeline.validate import coerce_config
+from ..pipeline.corpora import check_data_exists, eval_chunks, split_sha256
+from ..pipeline.validate import coerce_config
 
 
 def _earlier_request(link, tokenizer, reporter: Reporter) -> dict:
     """One earlier request: its recorded top-1 numbers and its evaluation chunks, rebuilt from its config.yaml
     (once its own files and its child's record of its manifest check out)."""
-    from ..report.ledger import MANIFEST, check_run_files, sha256_bytes
+    from ..runs.ledger import MANIFEST, check_run_files, sha256_bytes
 
     problems = check_run_files(link.run_dir, link.manifest)
     if link.record is not None and link.record.get("manifest_sha256") != sha256_bytes(link.raw):
@@ -45,7 +45,7 @@ def earlier_requests(parent: dict | None, tokenizer, reporter: Reporter) -> list
     gone carries the reason instead (a warning, not a failure)."""
     if parent is None:
         return []
-    from ..report.ledger import walk
+    from ..runs.ledger import walk
 
     out = []
     for link in reversed(walk(parent["dir"])):

@@ -8,8 +8,8 @@ from .. import distributed
 from ..config import RunConfig, load_config_file, parse_config
 from ..errors import UnlearnError
 from ..methods import get_method
-from ..report.rundir import RunFolder
-from unlearn.pipeline.corpora import check_data_exists
+from ..runs.folder import RunFolder
+from ..pipeline.corpora import check_data_exists
 
 
 def coerce_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
@@ -75,7 +75,7 @@ def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
     for a request on a model that no run produced."""
     if cfg.from_run is None:
         return cfg, None
-    from ..report.ledger import parent_record, read_manifest, verify_run
+    from ..runs.ledger import parent_record, read_manifest, verify_run
 
     given = cfg.from_run
     parent_dir = Path(given).expanduser().resolve()

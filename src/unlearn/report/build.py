@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 
+from ..runs.folder import MANIFEST
 from . import plots
 from .data import (
     Cell,
@@ -32,7 +33,7 @@ from .data import (
 
 METRIC_ORDER = ("top1", "top10", "skip50_top1", "skip50_top10", "loss", "perplexity")
 HIGH_RECOVERY, WARN_RECOVERY = 0.5, 0.2
-M, MF, A = "metrics.json", "manifest.json", "audit.json"
+M, MF, A = "metrics.json", MANIFEST, "audit.json"
 
 
 def build(runs: list[Run]) -> Document:

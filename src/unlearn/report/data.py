@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UnlearnError
+from ..runs.folder import MANIFEST
 
 # derived values: the operands in ``src`` are (a, b), usually (after, before)
 OPS = {
@@ -77,7 +78,7 @@ def load_run(path: str | Path, index: int = 0) -> Run:
     if not p.is_dir():
         raise UnlearnError(f"{p}: not a folder (expected a run folder with metrics.json and manifest.json)")
     metrics = read_json(p / "metrics.json")
-    manifest = read_json(p / "manifest.json")
+    manifest = read_json(p / MANIFEST)
     audit = read_json(p / "audit.json", required=False)
     config_text, config = None, {}
     cfg = p / "config.yaml"
@@ -276,7 +277,7 @@ class Document:
 
 def value_cell(run: Run, file: str, *keys, pct: bool = False, signed: bool = False, cls: str = "") -> Cell:
     """A cell showing the number at ``file#/keys`` of ``run`` ("–" when it is missing)."""
-    files = {"metrics.json": run.metrics, "manifest.json": run.manifest, "audit.json": run.audit}
+    files = {"metrics.json": run.metrics, MANIFEST: run.manifest, "audit.json": run.audit}
     v = num(get(files.get(file), *keys))
     if v is None:
         raw = get(files.get(file), *keys)
@@ -287,7 +288,7 @@ def value_cell(run: Run, file: str, *keys, pct: bool = False, signed: bool = Fal
 
 def derived_cell(run: Run, op: str, a: tuple, b: tuple | None = None, pct: bool = False, signed: bool = False) -> Cell:
     """A cell computed by ``OPS[op]`` from the numbers at pointers ``a`` (and ``b``): (file, *keys) tuples."""
-    files = {"metrics.json": run.metrics, "manifest.json": run.manifest, "audit.json": run.audit}
+    files = {"metrics.json": run.metrics, MANIFEST: run.manifest, "audit.json": run.audit}
     operands = [a] if b is None else [a, b]
     values = [num(get(files.get(o[0]), *o[1:])) for o in operands]
     if any(v is None for v in values):

@@ -6,7 +6,7 @@ import platform
 import torch
 from ..version import __version__
 from ..models.load import cpu_level
-from ..report.rundir import RunFolder
+from ..runs.folder import RunFolder
 
 
 def versions() -> dict:
@@ -30,6 +30,6 @@ def versions() -> dict:
 
 def run_file_hashes(folder: RunFolder) -> dict[str, str]:
     from ..models.save import file_sha256
-    from ..report.ledger import RUN_FILES
+    from ..runs.ledger import RUN_FILES
 
     return {name: file_sha256(folder.path(name)) for name in RUN_FILES}

@@ -20,12 +20,19 @@ import yaml
 
 from ..errors import UnlearnError
 
+MANIFEST = "manifest.json"  # written last: a folder with it (and its config) is a complete run
+CONFIG = "config.yaml"
 SUFFIX = ".incomplete"
 CHECKPOINT = "checkpoint"
 
 
 def work_dir(out_dir: Path, name: str) -> Path:
     return out_dir / f".{name}{SUFFIX}"
+
+
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` is a complete run folder (its manifest and config are there)."""
+    return (path / MANIFEST).is_file() and (path / CONFIG).is_file()
 
 
 def find_interrupted(path: str | Path) -> Path:
@@ -35,7 +42,7 @@ def find_interrupted(path: str | Path) -> Path:
         work = path
     else:
         work = work_dir(path.parent, path.name)
-        if (path / "manifest.json").is_file():
+        if is_run_folder(path):
             raise UnlearnError(f"run {path} is complete: there is nothing to resume")
     if not (work / "config.yaml").is_file():
         raise UnlearnError(f"no interrupted run to resume at {path} (looked for {work}/config.yaml)")

@@ -22,8 +22,8 @@ import yaml
 
 from ..errors import UnlearnError
 from ..models.save import file_sha256
+from .folder import MANIFEST
 
-MANIFEST = "manifest.json"
 RUN_FILES = ("config.yaml", "metrics.json", "pruned_neurons.json")  # hashed into the manifest's "files"
 MAX_DEPTH = 10_000  # a longer chain can only be a loop of copied folders
 

@@ -9,8 +9,8 @@ seq_len, eval_tokens and seed), so ``before`` and ``after_unlearning`` equal the
 
 from __future__ import annotations
 
-import copy
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,20 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import DataConfig, RunConfig, load_config_file, parse_config
 from ..errors import UnlearnError
+from ..eval.store import write_json_atomic
 from ..eval.metrics import evaluate_split
 from ..progress import Reporter
-from ..registry import Registry
 from ..validation import build
 from ..runs.folder import MANIFEST, is_run_folder
-from .attacks import logit_lens, quantize_model, recovery, relearn
+from .attacks import recovery
+from . import registered  # noqa: F401  (register the attacks)
+from .base import ATTACKS
 from .probes import Probes, build_probes
-
-ATTACKS: Registry[str] = Registry("attack")  # name: what the attack does
-ATTACKS.add("relearn", "fine-tune on a held-out slice of the forget data (and on the retain data as a control)")
-ATTACKS.add("quantize", "round-trip the linear layers' weights through int8 / 4-bit integers (per channel, symmetric)")
-ATTACKS.add("logit-lens", "read the forget tokens off every layer's hidden state (final norm + unembedding)")
-ATTACKS.add("prompt", "paraphrased questions, step-by-step, role-play, prefix-injection and affirmative-suffix prompts")
-ATTACKS.add("in-context", "place forget material (spare chunks, or neighbouring QA records) before each probe")
 
 
 class AuditConfig(BaseModel):
@@ -100,20 +95,67 @@ def audit(
     results go to ``RUN/audit.json`` (else ``OUT/audit.json``, default ``audits/<model>``). ``attacks``: any of
     :data:`ATTACKS` (default all); ``settings``: :class:`AuditConfig` fields. Returns the audit record.
     """
-    from ..pipeline.corpora import check_data_exists
-    from ..pipeline.evaluate import slug
-    from ..runs.manifest import versions
-    from ..eval.scoring import Template
-    from ..eval.store import write_json_atomic
-    from ..models.adapters import adapter_for
-    from ..models.load import load_model, state_dict_hash
-
     t0 = time.perf_counter()
     reporter = Reporter(console)
     cfg = make_config(settings)
     chosen = list(attacks or ATTACKS)
     for a in chosen:
         ATTACKS.lookup(a)
+    setup = _setup(
+        model, original, forget, retain, control, out, overwrite, seq_len, eval_tokens, seed, batch_size, dtype
+    )
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    job = _load(setup, cfg, device, reporter)
+    timings["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    job.baselines()
+    timings["baseline"] = time.perf_counter() - start
+    results = []
+    for name in chosen:
+        start = time.perf_counter()
+        with reporter.stage(f"attack: {name}"):
+            results += ATTACKS[name].run(job)
+        timings[name] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - t0
+    record = _record(job, chosen, results, timings)
+    write_json_atomic(setup.path, record)
+    run_dir = setup.run_dir
+    if run_dir is not None and setup.path.parent == run_dir and (run_dir / "report.html").exists():
+        from ..report.html import write_report
+
+        try:  # the run's report gains its audit section
+            write_report(run_dir)
+        except Exception as exc:  # noqa: BLE001 - the audit is written; the report can be rebuilt
+            reporter.log(f"warning: report not updated ({exc}); rebuild it with `unlearn report {run_dir}`")
+    return {**record, "path": str(setup.path)}
+
+
+@dataclass
+class _Setup:
+    """What to audit, resolved from the arguments and (for a run folder) the run's own settings."""
+
+    model: str
+    original: str
+    run_dir: Path | None
+    run_cfg: RunConfig
+    forget: DataConfig
+    retain: DataConfig
+    control: DataConfig
+    seq_len: int
+    eval_tokens: int
+    seed: int
+    batch_size: int
+    saved_dtype: str
+    dtype: str
+    path: Path
+
+
+def _setup(model, original, forget, retain, control, out, overwrite, seq_len, eval_tokens, seed, batch_size, dtype):
+    """Every check that needs no model: the run folder, the data, the output file."""
+    from ..pipeline.corpora import check_data_exists
+    from ..pipeline.evaluate import slug
+
     run_dir = run_folder(model)
     run_cfg = _run_config(run_dir) if run_dir else RunConfig()
     if run_dir is not None:
@@ -128,61 +170,79 @@ def audit(
     control_cfg = _data(control) or retain_cfg
     for d in {id(x): x for x in (forget_cfg, retain_cfg, control_cfg)}.values():
         check_data_exists(d)
-    seq_len = seq_len or run_cfg.seq_len
-    eval_tokens = eval_tokens or run_cfg.eval_tokens
-    seed = run_cfg.seed if seed is None else seed
-    batch_size = batch_size or run_cfg.batch_size
     # a run folder's model is loaded as the run saved and evaluated it (a trained or healed model is float32)
     saved_dtype = dtype or (_saved_dtype(run_dir) if run_dir else None) or run_cfg.dtype
-    dtype = dtype or run_cfg.dtype
     out_dir = Path(out) if out is not None else run_dir or Path("audits") / slug(model)
     path = out_dir / "audit.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise UnlearnError(f"output folder {out_dir} is a file: choose another --out")
     if path.exists() and not overwrite:
         raise UnlearnError(f"{path} already exists: pass --overwrite to replace it")
+    return _Setup(
+        model=model,
+        original=original,
+        run_dir=run_dir,
+        run_cfg=run_cfg,
+        forget=forget_cfg,
+        retain=retain_cfg,
+        control=control_cfg,
+        seq_len=seq_len or run_cfg.seq_len,
+        eval_tokens=eval_tokens or run_cfg.eval_tokens,
+        seed=run_cfg.seed if seed is None else seed,
+        batch_size=batch_size or run_cfg.batch_size,
+        saved_dtype=saved_dtype,
+        dtype=dtype or run_cfg.dtype,
+        path=path,
+    )
 
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    with reporter.stage(f"loading model {model}"):
-        unlearned = load_model(model, saved_dtype, device, log=reporter.log)
-    with reporter.stage(f"loading original {original}"):
-        orig = load_model(original, dtype, device, log=reporter.log)
-    if len(unlearned.tokenizer) != len(orig.tokenizer):
-        raise UnlearnError(f"{model} and {original} have different tokenizers: audit against the model it came from")
-    adapter = adapter_for(unlearned.model)
-    timings["load"] = time.perf_counter() - start
 
-    template = Template(unlearned.tokenizer, "auto")
-    chunking = dict(seq_len=seq_len, eval_tokens=eval_tokens, train_tokens=cfg.relearn_tokens, seed=seed)
-    probes = {
-        which: build_probes(which, d, unlearned.tokenizer, template, topic=cfg.topic, **chunking)
-        for which, d in (("forget", forget_cfg), ("retain", retain_cfg))
-    }
-    if control_cfg is not retain_cfg:
-        probes["control"] = build_probes("control", control_cfg, unlearned.tokenizer, template, **chunking)
-    fp = probes["forget"]
+@dataclass
+class _Audit:
+    """One audit's loaded models, probes and settings, and the helpers every attack scores with."""
 
-    def score(m, split, label: str) -> dict:
-        with reporter.task(label[:28], split.n_tokens) as advance:
-            return evaluate_split(m, split, batch_size=batch_size, skip_k=run_cfg.skip_k, progress=advance)
+    setup: _Setup
+    cfg: AuditConfig
+    unlearned: object  # LoadedModel
+    orig: object  # LoadedModel
+    adapter: object
+    probes: dict
+    reporter: Reporter
+    base: dict = field(default_factory=dict)
 
-    start = time.perf_counter()
-    base = {
-        name: {which: score(m.model, probes[which].plain, f"{name}: {which}") for which in ("forget", "retain")}
-        for name, m in (("original", orig), ("unlearned", unlearned))
-    }
-    timings["baseline"] = time.perf_counter() - start
-    metric = cfg.metric
-    before, after = base["original"]["forget"][metric], base["unlearned"]["forget"][metric]
-    retain_before, retain_after = base["original"]["retain"][metric], base["unlearned"]["retain"][metric]
+    @property
+    def fp(self) -> Probes:
+        return self.probes["forget"]
 
-    def entry(attack, variant, attacked: dict, *, retain: dict | None = None, original_attacked=None, **details):
+    @property
+    def metric(self) -> str:
+        return self.cfg.metric
+
+    def score(self, m, split, label: str) -> dict:
+        with self.reporter.task(label[:28], split.n_tokens) as advance:
+            return evaluate_split(
+                m, split, batch_size=self.setup.batch_size, skip_k=self.setup.run_cfg.skip_k, progress=advance
+            )
+
+    def baselines(self) -> None:
+        """Forget and retain metrics of the original and the unlearned model on the plain probes."""
+        self.base = {
+            name: {
+                which: self.score(m.model, self.probes[which].plain, f"{name}: {which}")
+                for which in ("forget", "retain")
+            }
+            for name, m in (("original", self.orig), ("unlearned", self.unlearned))
+        }
+
+    def entry(self, attack, variant, attacked: dict, *, retain: dict | None = None, original_attacked=None, **details):
+        """One attack's result: the forget metric before, after unlearning and under attack, and its recovery."""
+        metric, base = self.metric, self.base
+        before, after = base["original"]["forget"][metric], base["unlearned"]["forget"][metric]
+        retain_before, retain_after = base["original"]["retain"][metric], base["unlearned"]["retain"][metric]
         value = attacked[metric]
         return {
             "attack": attack,
             "variant": variant,
-            "description": details.pop("description", ATTACKS[attack]),
+            "description": details.pop("description", ATTACKS[attack].description),
             "before": before,
             "after_unlearning": after,
             "after_attack": value,
@@ -194,162 +254,65 @@ def audit(
             "details": {"metrics": attacked, **details},
         }
 
-    results = []
-    for name in chosen:
-        start = time.perf_counter()
-        with reporter.stage(f"attack: {name}"):
-            if name == "relearn":
-                results += _relearn(cfg, probes, unlearned.model, score, entry, seed, reporter)
-            elif name == "quantize":
-                for bits in cfg.quant_bits:
-                    q = copy.deepcopy(unlearned.model)
-                    layers = quantize_model(q, bits, cfg.quant_group_size)
-                    grouping = f"groups of {cfg.quant_group_size}" if cfg.quant_group_size else "per channel"
-                    attacked = {w: score(q, probes[w].plain, f"int{bits}: {w}") for w in ("forget", "retain")}
-                    del q
-                    qo = copy.deepcopy(orig.model)
-                    quantize_model(qo, bits, cfg.quant_group_size)
-                    orig_q = score(qo, fp.plain, f"int{bits} original: forget")[metric]
-                    del qo
-                    results.append(
-                        entry(
-                            "quantize",
-                            f"int{bits}",
-                            attacked["forget"],
-                            retain=attacked["retain"],
-                            original_attacked=orig_q,
-                            description=f"weights of {layers} linear layers round-tripped through {bits}-bit "
-                            f"integers ({grouping})",
-                        )
-                    )
-            elif name == "logit-lens":
-                results.append(_lens(fp, unlearned.model, orig.model, adapter, batch_size, metric, reporter, entry))
-            elif name == "prompt":
-                for variant in fp.prompt_names():
-                    split = fp.prompted(variant)
-                    results.append(
-                        entry(
-                            "prompt",
-                            variant,
-                            score(unlearned.model, split, f"prompt {variant}"),
-                            original_attacked=score(orig.model, split, f"original {variant}")[metric],
-                            description=_prompt_description(fp, variant),
-                        )
-                    )
-            elif name == "in-context":
-                shots = cfg.shots or (1 if fp.kind == "text" else 3)
-                split = fp.in_context(shots)
-                what = f"{shots} spare forget chunk(s)" if fp.kind == "text" else f"the {shots} nearest forget records"
-                results.append(
-                    entry(
-                        "in-context",
-                        f"{shots}-shot",
-                        score(unlearned.model, split, "in-context"),
-                        original_attacked=score(orig.model, split, "original in-context")[metric],
-                        description=f"{what} placed before each probe",
-                        shots=shots,
-                    )
-                )
-        timings[name] = time.perf_counter() - start
-    timings["total"] = time.perf_counter() - t0
+
+def _load(setup: _Setup, cfg: AuditConfig, device: str, reporter: Reporter) -> _Audit:
+    """Load both models (same tokenizer required) and build the probes."""
+    from ..eval.scoring import Template
+    from ..models.adapters import adapter_for
+    from ..models.load import load_model
+
+    with reporter.stage(f"loading model {setup.model}"):
+        unlearned = load_model(setup.model, setup.saved_dtype, device, log=reporter.log)
+    with reporter.stage(f"loading original {setup.original}"):
+        orig = load_model(setup.original, setup.dtype, device, log=reporter.log)
+    if len(unlearned.tokenizer) != len(orig.tokenizer):
+        raise UnlearnError(
+            f"{setup.model} and {setup.original} have different tokenizers: audit against the model it came from"
+        )
+    adapter = adapter_for(unlearned.model)
+    template = Template(unlearned.tokenizer, "auto")
+    chunking = dict(
+        seq_len=setup.seq_len, eval_tokens=setup.eval_tokens, train_tokens=cfg.relearn_tokens, seed=setup.seed
+    )
+    probes = {
+        which: build_probes(which, d, unlearned.tokenizer, template, topic=cfg.topic, **chunking)
+        for which, d in (("forget", setup.forget), ("retain", setup.retain))
+    }
+    if setup.control is not setup.retain:
+        probes["control"] = build_probes("control", setup.control, unlearned.tokenizer, template, **chunking)
+    return _Audit(setup, cfg, unlearned, orig, adapter, probes, reporter)
+
+
+def _record(job: _Audit, chosen: list[str], results: list[dict], timings: dict) -> dict:
+    from ..models.load import state_dict_hash
+    from ..runs.manifest import versions
+
+    setup, probes = job.setup, job.probes
     scored = [r for r in results if r["recovery"] is not None]
     top = max(scored, key=lambda r: r["recovery"], default=None)
-    record = {
-        "model": {"spec": model, "source": unlearned.source, "sha256": state_dict_hash(unlearned.model)},
-        "original": {"spec": original, "source": orig.source, "sha256": state_dict_hash(orig.model)},
-        "run_dir": str(run_dir) if run_dir else None,
-        "forget": fp.describe(),
+    return {
+        "model": {"spec": setup.model, "source": job.unlearned.source, "sha256": state_dict_hash(job.unlearned.model)},
+        "original": {"spec": setup.original, "source": job.orig.source, "sha256": state_dict_hash(job.orig.model)},
+        "run_dir": str(setup.run_dir) if setup.run_dir else None,
+        "forget": job.fp.describe(),
         "retain": probes["retain"].describe(),
         "control": probes["control"].describe() if "control" in probes else None,
-        "metric": metric,
-        "baseline": base,
+        "metric": job.metric,
+        "baseline": job.base,
         "attacks": results,
         "max_recovery": {"attack": f"{top['attack']}:{top['variant']}", "recovery": top["recovery"]} if top else None,
         "settings": {
-            **cfg.model_dump(),
+            **job.cfg.model_dump(),
             "attacks": chosen,
-            "seq_len": seq_len,
-            "eval_tokens": eval_tokens,
-            "seed": seed,
-            "batch_size": batch_size,
-            "dtype": unlearned.dtype,
+            "seq_len": setup.seq_len,
+            "eval_tokens": setup.eval_tokens,
+            "seed": setup.seed,
+            "batch_size": setup.batch_size,
+            "dtype": job.unlearned.dtype,
         },
         "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
-    write_json_atomic(path, record)
-    if run_dir is not None and path.parent == run_dir and (run_dir / "report.html").exists():
-        from ..report.html import write_report
-
-        try:  # the run's report gains its audit section
-            write_report(run_dir)
-        except Exception as exc:  # noqa: BLE001 - the audit is written; the report can be rebuilt
-            reporter.log(f"warning: report not updated ({exc}); rebuild it with `unlearn report {run_dir}`")
-    return {**record, "path": str(path)}
-
-
-def _relearn(cfg, probes, model, score, entry, seed, reporter) -> list[dict]:
-    out = []
-    sets = [("forget", probes["forget"]), ("control", probes.get("control", probes["retain"]))]
-    for variant, p in sets:
-        if len(p.train.input_ids) == 0:
-            raise UnlearnError(
-                f"relearning needs {p.which} data outside the evaluation rows, and {p.data.source} has none left: "
-                "lower --eval-tokens"
-            )
-        tuned, log = relearn(
-            model,
-            p.train,
-            steps=cfg.relearn_steps,
-            lr=cfg.relearn_lr,
-            batch_size=cfg.relearn_batch_size,
-            seed=seed,
-            reporter=reporter,
-        )
-        attacked = {w: score(tuned, probes[w].plain, f"relearn {variant}: {w}") for w in ("forget", "retain")}
-        del tuned
-        out.append(
-            entry(
-                "relearn",
-                variant,
-                attacked["forget"],
-                retain=attacked["retain"],
-                description=f"{cfg.relearn_steps} steps at lr {cfg.relearn_lr:g} on {p.train.n_tokens} tokens of "
-                f"{'held-out forget' if variant == 'forget' else 'unrelated (control)'} data ({p.data.source})",
-                loss=[round(r["loss"], 4) for r in log],
-            )
-        )
-    return out
-
-
-def _lens(fp: Probes, model, original, adapter, batch_size, metric, reporter, entry) -> dict:
-    per = {}
-    for name, m in (("unlearned", model), ("original", original)):
-        with reporter.task(f"logit lens: {name}", fp.plain.n_tokens) as advance:
-            per[name] = logit_lens(m, adapter, fp.plain, batch_size=batch_size, progress=advance)
-    values = [layer[metric] for layer in per["unlearned"]]
-    best = max(range(len(values)), key=lambda i: (values[i], i))
-    attacked = dict(per["unlearned"][best])
-    return entry(
-        "logit-lens",
-        "best-layer",
-        attacked,
-        original_attacked=max(layer[metric] for layer in per["original"]),
-        description=f"forget tokens read off layer {best + 1} of {len(values)} (the best layer)",
-        best_layer=best + 1,
-        per_layer={k: [layer[metric] for layer in v] for k, v in per.items()},
-        median_rank={k: [layer["median_rank"] for layer in v] for k, v in per.items()},
-    )
-
-
-def _prompt_description(p: Probes, variant: str) -> str:
-    from .prompts import QA_PROMPTS, TEXT_PROMPTS
-
-    user, prefix = (TEXT_PROMPTS if p.kind == "text" else QA_PROMPTS)[variant]
-    text = user.format(topic=p.topic, question="{question}", paraphrased_question="{paraphrased question}")
-    return (text.strip() + (f" ⟶ assistant: {prefix.format(topic=p.topic).strip()}" if prefix else "")).replace(
-        "\n", " "
-    )
 
 
 def _data(d) -> DataConfig | None:

@@ -1,0 +1,29 @@
+"""The audit's attack registry: each attack is a name, a description and a function of the loaded audit."""
+
+from __future__ import annotations
+from collections.abc import Callable
+from dataclasses import dataclass
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack: ``run(audit) -> [result entries]`` on an :class:`_Audit` (the loaded models, probes,
+    settings and the scoring helpers)."""
+
+    name: str
+    description: str
+    run: Callable
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def attack(name: str, description: str):
+    """Register the decorated function as attack ``name``."""
+
+    def wrap(fn):
+        ATTACKS.add(name, Attack(name, description, fn))
+        return fn
+
+    return wrap

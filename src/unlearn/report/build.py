@@ -6,15 +6,14 @@ report of a run folder written by an older or newer version still renders what i
 
 from __future__ import annotations
 
-import json
 import time
 
-from ..runs.folder import MANIFEST
 from . import plots
+from .common import A, M, MF, parent_cell, plain, recovery_class, sid
+from .records import audit_section, earlier_section, manifest_section
 from .data import (
     Cell,
     Details,
-    DefList,
     Document,
     Para,
     Plot,
@@ -24,7 +23,6 @@ from .data import (
     Table,
     derived_cell,
     flatten,
-    fmt_pct,
     get,
     num,
     text,
@@ -32,8 +30,6 @@ from .data import (
 )
 
 METRIC_ORDER = ("top1", "top10", "skip50_top1", "skip50_top10", "loss", "perplexity")
-HIGH_RECOVERY, WARN_RECOVERY = 0.5, 0.2
-M, MF, A = "metrics.json", MANIFEST, "audit.json"
 
 
 def build(runs: list[Run]) -> Document:
@@ -49,30 +45,21 @@ def build(runs: list[Run]) -> Document:
 
 def _run_part(run: Run) -> RunPart:
     sections = []
-    for make in (_metrics, _tradeoff, _training, _pruned, _suites, _audit, _earlier, _manifest):
+    for make in (_metrics, _tradeoff, _training, _pruned, _suites, audit_section, earlier_section, manifest_section):
         section = make(run)
         if section is not None and section.blocks:
             sections.append(section)
     return RunPart(run, sections, _header(run))
 
 
-def _sid(run: Run, name: str) -> str:
-    return f"run{run.index}-{name}"
-
-
-def _plain(run: Run, value) -> Cell:
-    shown = text(value)
-    return Cell(shown if shown is not None else "–", run=run.index)
-
-
 def _header(run: Run) -> list[tuple[str, Cell]]:
     m = run.manifest
     items = [
         ("run folder", Cell(str(run.path), run=run.index, code=True)),
-        ("method", _plain(run, run.method)),
+        ("method", plain(run, run.method)),
         ("model", Cell(text(get(m, "model", "spec")) or text(run.config.get("model")) or "–", run=run.index)),
-        ("created", _plain(run, m.get("created"))),
-        ("stop reason", _plain(run, m.get("stop_reason") or run.metrics.get("stop_reason"))),
+        ("created", plain(run, m.get("created"))),
+        ("stop reason", plain(run, m.get("stop_reason") or run.metrics.get("stop_reason"))),
     ]
     for which in ("forget", "retain", "utility"):
         source = text(get(m, "data", which, "source")) or text(get(run.config, which, "source"))
@@ -87,14 +74,8 @@ def _header(run: Run) -> list[tuple[str, Cell]]:
             items.append((f"{which} data", Cell(shown, run=run.index, code=True)))
     parent = m.get("parent")
     if isinstance(parent, dict):
-        items.append(("parent run", _parent_cell(run, parent)))
+        items.append(("parent run", parent_cell(run, parent)))
     return items
-
-
-def _parent_cell(run: Run, parent: dict) -> Cell:
-    name = text(parent.get("run_name")) or "?"
-    where = text(parent.get("run_dir"))
-    return Cell(name + (f" ({where})" if where else ""), run=run.index, code=True)
 
 
 def _corpora(before: dict) -> list[str]:
@@ -111,7 +92,7 @@ def _metrics(run: Run) -> Section | None:
     before, after = run.metrics.get("before"), run.metrics.get("after")
     if not isinstance(before, dict):
         return None
-    sec = Section("Metrics before and after", _sid(run, "metrics"))
+    sec = Section("Metrics before and after", sid(run, "metrics"))
     t = Table(["corpus", "metric", "before", "after", "Δ (after − before)", "relative change"], name="metrics")
     tokens = []
     for which in _corpora(before):
@@ -187,7 +168,7 @@ def _tradeoff(run: Run) -> Section | None:
         return None
     pts = tradeoff_points(run)
     metric, budget = _budget(run)
-    sec = Section("Trade-off per step", _sid(run, "tradeoff"))
+    sec = Section("Trade-off per step", sid(run, "tradeoff"))
     if pts:
         sec.blocks.append(
             Plot(
@@ -238,7 +219,7 @@ def _training(run: Run) -> Section | None:
         r = num(get(s, "validation", "retain_drop", metric))
         if num(s.get("step")) is not None and (f is not None or r is not None):
             validation.append({"step": s["step"], "forget": f, "retain": r})
-    sec = Section("Training", _sid(run, "training"))
+    sec = Section("Training", sid(run, "training"))
     caption = "Training loss per optimizer step"
     if validation:
         caption += f"; right: relative {metric} drops on the validation chunks at each budget check"
@@ -267,7 +248,7 @@ def _pruned(run: Run) -> Section | None:
     counts = {k: v for k, v in counts.items() if isinstance(v, list) and any(num(x) for x in v)}
     if not counts:
         return None
-    sec = Section("Pruned neurons per layer", _sid(run, "pruned"))
+    sec = Section("Pruned neurons per layer", sid(run, "pruned"))
     sec.blocks.append(
         Plot(
             plots.pruned_per_layer(counts),
@@ -301,7 +282,7 @@ def _suites(run: Run) -> Section | None:
     before, after = suites.get("before"), suites.get("after")
     before = before if isinstance(before, dict) else {}
     after = after if isinstance(after, dict) else {}
-    sec = Section("Evaluation suites", _sid(run, "suites"))
+    sec = Section("Evaluation suites", sid(run, "suites"))
     for suite in list(after) + [s for s in before if s not in after]:
         keys = [k for k, _ in flatten(after.get(suite, {}))]
         keys += [k for k, _ in flatten(before.get(suite, {})) if k not in keys]
@@ -322,258 +303,6 @@ def _suites(run: Run) -> Section | None:
             )
         if t.rows:
             sec.blocks.append(t)
-    return sec
-
-
-def recovery_class(v) -> str:
-    return "high" if v is not None and v >= HIGH_RECOVERY else "warn" if v is not None and v >= WARN_RECOVERY else ""
-
-
-def _audit(run: Run) -> Section | None:
-    audit = run.audit
-    if audit is None:
-        return None
-    sec = Section("Audit: can the forgotten data be recovered?", _sid(run, "audit"))
-    facts = []
-    for who, label in (("model", "audited model"), ("original", "original model")):
-        spec, sha = text(get(audit, who, "spec")), text(get(audit, who, "sha256"))
-        if spec or sha:
-            facts.append(
-                (label, Cell((spec or "?") + (f" (sha256 {sha[:16]}…)" if sha else ""), run=run.index, code=True))
-            )
-    for which in ("forget", "retain", "control"):
-        d = audit.get(which)
-        if isinstance(d, dict):
-            bits = [text(d.get("source")) or "?"]
-            if text(d.get("format")):
-                bits.append(f"format {d['format']}")
-            for k in ("n_probes", "n_tokens"):
-                if num(d.get(k)) is not None:
-                    bits.append(f"{d[k]:,} {k[2:]}")
-            facts.append((f"{which} probes", Cell(", ".join(bits), run=run.index)))
-    metric = text(audit.get("metric")) or "top1"
-    facts.append(("metric", Cell(metric, run=run.index)))
-    mr = audit.get("max_recovery")
-    if isinstance(mr, dict) and num(mr.get("recovery")) is not None:
-        c = value_cell(run, A, "max_recovery", "recovery", pct=True, cls=recovery_class(mr["recovery"]))
-        c.text = f"{c.text} ({text(mr.get('attack')) or '?'})"
-        facts.append(("max recovery", c))
-    sec.blocks.append(DefList(facts))
-    attacks = audit.get("attacks")
-    attacks = attacks if isinstance(attacks, list) else []
-    cols = [
-        "attack",
-        "variant",
-        "before",
-        "after unlearning",
-        "after attack",
-        "recovery",
-        "retain after attack",
-    ]
-    with_original = any(num(get(a, "original_attacked")) is not None for a in attacks)
-    if with_original:
-        cols.append("original model attacked")
-    cols.append("description")
-    t = Table(cols, name="audit")
-    lens = []
-    for i, atk in enumerate(attacks):
-        if not isinstance(atk, dict):
-            continue
-        rec = num(atk.get("recovery"))
-        rec_cell = value_cell(run, A, "attacks", i, "recovery", pct=True, cls=recovery_class(rec))
-        if rec is None:
-            rec_cell.text = "n/a"
-        name, variant = text(atk.get("attack")) or "?", text(atk.get("variant")) or ""
-        t.add(
-            f"{name}:{variant}",
-            [
-                Cell(name, run=run.index),
-                Cell(variant, run=run.index),
-                value_cell(run, A, "attacks", i, "before"),
-                value_cell(run, A, "attacks", i, "after_unlearning"),
-                value_cell(run, A, "attacks", i, "after_attack"),
-                rec_cell,
-                value_cell(run, A, "attacks", i, "retain", "after_attack"),
-                *([value_cell(run, A, "attacks", i, "original_attacked")] if with_original else []),
-                Cell(text(atk.get("description")) or "", run=run.index),
-            ],
-        )
-        per_layer = get(atk, "details", "per_layer")
-        if isinstance(per_layer, dict) and any(isinstance(v, list) and v for v in per_layer.values()):
-            series = {k: v for k, v in per_layer.items() if isinstance(v, list)}
-            lens.append(
-                Plot(
-                    plots.logit_lens(series, get(atk, "details", "best_layer"), metric, f"{name}: {variant}"),
-                    f"{name} ({variant}): forget {metric} read off every layer (1 = the first block), "
-                    "unlearned vs original.",
-                )
-            )
-    if t.rows:
-        t.caption = (
-            f"Forget {metric} before unlearning, after unlearning and after each attack; recovery = share of "
-            f"the forgotten gap the attack wins back ((after attack − after unlearning) / (before − after "
-            f"unlearning)); ≥ {fmt_pct(HIGH_RECOVERY)} is marked red, ≥ {fmt_pct(WARN_RECOVERY)} amber"
-            + ("; the original model under the same attack for comparison." if with_original else ".")
-        )
-        sec.blocks.append(t)
-    sec.blocks += lens
-    for key in ("settings", "timings_s"):
-        if isinstance(audit.get(key), dict) and audit[key]:
-            sec.blocks.append(Details(f"audit {key}", pre=json.dumps(audit[key], indent=2, default=str)))
-    return sec
-
-
-def _earlier(run: Run) -> Section | None:
-    reqs = run.metrics.get("earlier_requests")
-    if not isinstance(reqs, list) or not reqs:
-        return None
-    sec = Section("Earlier requests (sequential unlearning)", _sid(run, "earlier"))
-    cols = [
-        "request",
-        "corpus",
-        "metric",
-        "original model",
-        "after that request",
-        "before this run",
-        "after this run",
-        "Δ this run",
-    ]
-    t = Table(cols, name="earlier")
-    for i, req in enumerate(reqs):
-        if not isinstance(req, dict):
-            continue
-        metric = text(req.get("metric")) or "top1"
-        if text(req.get("error")):  # the run could not measure this request (its data or files are gone)
-            cells = [Cell(text(req.get("run")) or f"#{i + 1}", run=run.index)]
-            cells.append(Cell(f"not measured: {req['error']}", run=run.index, cls="warn"))
-            t.add(f"earlier.{i}.error", cells + [Cell("", run=run.index) for _ in cols[2:]])
-            continue
-        for which in ("forget", "retain"):
-            if not isinstance(req.get(which), dict):
-                continue
-            src = text(req.get(f"{which}_source"))
-            delta = derived_cell(
-                run, "diff", (M, "earlier_requests", i, which, "after"), (M, "earlier_requests", i, which, "before")
-            )
-            if which == "forget" and delta.value is not None and delta.value > 0:
-                delta.cls = "warn"  # this run brought back some of what an earlier request removed
-            t.add(
-                f"earlier.{i}.{which}",
-                [
-                    Cell(text(req.get("run")) or f"#{i + 1}", run=run.index),
-                    Cell(which + (f" ({src})" if src else ""), run=run.index),
-                    Cell(metric, run=run.index),
-                    *[
-                        value_cell(run, M, "earlier_requests", i, which, k)
-                        for k in ("original", "after_request", "before", "after")
-                    ],
-                    delta,
-                ],
-            )
-    if t.rows:
-        t.caption = (
-            "Each earlier request's forget and retain data: as its own run recorded them before (original "
-            "model) and right after that request, and as measured on this run's model before and after this "
-            "run. A forget value that rises in this run (amber) means this request undid part of an earlier one."
-        )
-        sec.blocks.append(t)
-    return sec
-
-
-def _manifest(run: Run) -> Section | None:
-    m = run.manifest
-    sec = Section("Manifest", _sid(run, "manifest"))
-    items = []
-    for label, keys in (
-        ("created", ("created",)),
-        ("unlearn version", ("unlearn_version",)),
-        ("seed", ("seed",)),
-        ("method", ("method",)),
-    ):
-        v = get(m, *keys)
-        if v is not None:
-            items.append((label, value_cell(run, MF, *keys) if num(v) is not None else _plain(run, v)))
-    model = m.get("model") if isinstance(m.get("model"), dict) else {}
-    for k in ("spec", "source", "dtype", "device", "family", "sha256_before", "sha256_after"):
-        if text(model.get(k)) is not None:
-            items.append(
-                (
-                    f"model {k.replace('_', ' ')}",
-                    Cell(text(model[k]), run=run.index, code=k.startswith(("sha", "source"))),
-                )
-            )
-    parent = m.get("parent")
-    if isinstance(parent, dict):
-        items.append(("parent run (chain link)", _parent_cell(run, parent)))
-        for k in ("manifest_sha256", "model_sha256"):
-            if text(parent.get(k)):
-                items.append((f"parent {k.replace('_', ' ')}", Cell(text(parent[k]), run=run.index, code=True)))
-    elif "parent" in m:
-        items.append(("parent run (chain link)", Cell("none (first request)", run=run.index)))
-    if items:
-        sec.blocks.append(DefList(items))
-
-    data = m.get("data")
-    if isinstance(data, dict) and data:
-        t = Table(
-            ["corpus", "source", "sha256 of token ids", "segments", "eval tokens", "stats tokens", "val tokens"],
-            name="data",
-        )
-        for which, d in data.items():
-            if not isinstance(d, dict):
-                continue
-            t.add(
-                f"data.{which}",
-                [
-                    Cell(which, run=run.index),
-                    Cell(text(d.get("source")) or "–", run=run.index, code=True),
-                    Cell(text(d.get("sha256_tokens")) or "–", run=run.index, code=True),
-                    *[
-                        value_cell(run, MF, "data", which, k)
-                        for k in ("segments", "eval_tokens", "stats_tokens", "val_tokens")
-                    ],
-                ],
-            )
-        sec.blocks.append(t)
-
-    facts = m.get("method_facts")
-    if isinstance(facts, dict) and facts:
-        t = Table(["method fact", "value"], name="method_facts")
-        for k, _ in flatten(facts):
-            if k:
-                t.add(
-                    "fact." + ".".join(map(str, k)),
-                    [Cell(".".join(map(str, k)), run=run.index), value_cell(run, MF, "method_facts", *k)],
-                )
-        sec.blocks.append(t)
-
-    timings = m.get("timings_s")
-    if isinstance(timings, dict) and timings:
-        t = Table(["stage", "seconds"], name="timings")
-        for k, v in timings.items():
-            if num(v) is not None:
-                t.add(f"timing.{k}", [Cell(k, run=run.index), value_cell(run, MF, "timings_s", k)])
-        sec.blocks.append(t)
-
-    versions = m.get("versions")
-    if isinstance(versions, dict) and versions:
-        sec.blocks.append(
-            Details("package versions", blocks=[DefList([(k, _plain(run, v)) for k, v in versions.items()])])
-        )
-    for files, what, prefix in (
-        (get(m, "model", "files"), "saved model files", "model/"),
-        (m.get("files"), "run files", ""),
-    ):
-        if isinstance(files, dict) and files:
-            t = Table(["file", "sha256"], name=f"{what.split()[0]}_files")
-            for k, v in files.items():
-                t.add(
-                    f"file.{prefix}{k}",
-                    [Cell(prefix + k, run=run.index, code=True), Cell(text(v) or "–", run=run.index, code=True)],
-                )
-            sec.blocks.append(Details(f"{what} (sha256)", blocks=[t]))
-    if run.config_text is not None:
-        sec.blocks.append(Details("resolved configuration (config.yaml)", pre=run.config_text))
     return sec
 
 

@@ -265,26 +265,16 @@ def audit_cmd(
     unlearn audit --model M --original O --forget F --retain R
     """
     from .. import api
-    from ..config import DataConfig
-    from ..pipeline.corpora import detect_format
 
     if run_dir and model:
         raise UnlearnError("give either RUN_DIR or --model, not both")
     if not (run_dir or model):
         raise UnlearnError("give a run folder (RUN_DIR) or --model")
-
-    def data(source, fmt):
-        if source is None:
-            if fmt:
-                raise UnlearnError("--forget-format/--retain-format need --forget/--retain")
-            return None
-        return DataConfig(source=source, format=fmt or detect_format(source))
-
     result = api.audit(
         run_dir or model,
         original=original,
-        forget=data(forget, forget_format),
-        retain=data(retain, retain_format),
+        forget=_audit_data(forget, forget_format),
+        retain=_audit_data(retain, retain_format),
         control=control,
         attacks=list(attacks) or None,
         settings=key_values(settings, "--set"),
@@ -302,6 +292,18 @@ def audit_cmd(
         click.echo(json.dumps(result, indent=2))
         return
     _print_audit(result)
+
+
+def _audit_data(source, fmt):
+    """--forget/--retain and their formats as data settings (the format detected when not given)."""
+    from ..config import DataConfig
+    from ..pipeline.corpora import detect_format
+
+    if source is None:
+        if fmt:
+            raise UnlearnError("--forget-format/--retain-format need --forget/--retain")
+        return None
+    return DataConfig(source=source, format=fmt or detect_format(source))
 
 
 def _print_audit(result: dict) -> None:

@@ -87,10 +87,16 @@ def learn(
         "log": result.log,
         "versions": versions(),
     }
+    _save(out, result, loaded.tokenizer, record, t0)
+    return {**record, "path": str(out)}
+
+
+def _save(out: Path, result, tokenizer, record: dict, t0: float) -> None:
+    """Write the fine-tuned model and ``learn.json`` under a temporary name, renamed to ``out`` when complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
     try:
-        files = save_checkpoint(result.model, loaded.tokenizer, tmp)
+        files = save_checkpoint(result.model, tokenizer, tmp)
         record["model"].update(sha256_after=state_dict_hash(result.model), files=files)
         record["timings_s"] = {"train": result.extra["train_seconds"], "total": round(time.perf_counter() - t0, 3)}
         (tmp / "learn.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -101,4 +107,3 @@ def learn(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**record, "path": str(out)}

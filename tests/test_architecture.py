@@ -1,5 +1,6 @@
-"""The package's import graph: no module imports itself back through others, and none imports another module's
-private (``_name``) objects. Function-level imports count too: a cycle hidden inside a function is still one."""
+"""The package's shape: no module imports itself back through others, none imports another module's private
+(``_name``) objects (function-level imports count too: a cycle hidden inside a function is still one), and no
+file or function grows past what a reader takes in at once."""
 
 from __future__ import annotations
 
@@ -111,3 +112,34 @@ def test_no_module_imports_another_modules_private_names():
 @pytest.mark.parametrize("module", ["unlearn", "unlearn.api", "unlearn.cli"])
 def test_public_modules_import(module):
     __import__(module)
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 450, 80
+
+
+def _long_functions(source: str, limit: int) -> list[str]:
+    """``name (n lines)`` of every function or method in ``source`` longer than ``limit`` lines (its signature
+    and body, not its decorators)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n = node.end_lineno - node.lineno + 1
+            if n > limit:
+                found.append(f"{node.name} ({n} lines)")
+    return found
+
+
+def test_the_length_check_sees_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    assert _long_functions(f"@decorated\ndef f():\n{body}\n", 80) == ["f (81 lines)"]
+    assert _long_functions(f"def f():\n{body}\n", 81) == []
+
+
+def test_no_long_file_or_function():
+    problems = []
+    for name, path in sorted(_modules().items()):
+        source = path.read_text(encoding="utf-8")
+        if len(source.splitlines()) > MAX_FILE_LINES:
+            problems.append(f"{name}: {len(source.splitlines())} lines")
+        problems += [f"{name}.{f}" for f in _long_functions(source, MAX_FUNCTION_LINES)]
+    assert not problems, "split these: " + "; ".join(problems)

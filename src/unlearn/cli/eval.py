@@ -111,19 +111,10 @@ def eval_cmd(
             values = {"eval_tokens": eval_tokens, "seq_len": seq_len, "skip_k": skip_k, "seed": seed, **values}
             if fields:
                 values.setdefault("field", fields[0])
+        parts = {"reference": reference, "original": original, "out": out_dir, "overwrite": overwrite}
+        devices = {"batch_size": batch_size, "dtype": dtype, "device": device}
         result = api.evaluate_suite(
-            model,
-            suite,
-            list(data),
-            settings=values,
-            reference=reference,
-            original=original,
-            out=out_dir,
-            overwrite=overwrite,
-            batch_size=batch_size,
-            dtype=dtype,
-            device=device,
-            console=console_for(),
+            model, suite, list(data), settings=values, **parts, **devices, console=console_for()
         )
         _write_output(output, result)
         if as_json:
@@ -131,21 +122,11 @@ def eval_cmd(
         else:
             _print_suite(result)
         return
-    unused = [
-        f
-        for f, v in (
-            ("--set", settings),
-            ("--limit", limit),
-            ("--shots", shots),
-            ("--reference", reference),
-            ("--original", original),
-            ("--out", out_dir),
-            ("--template", template),
-        )
-        if v
-    ]
-    if unused or overwrite:
-        raise UnlearnError(f"{(unused or ['--overwrite'])[0]} needs --suite")
+    suite_only = {"--set": settings, "--limit": limit, "--shots": shots, "--reference": reference}
+    suite_only.update({"--original": original, "--out": out_dir, "--template": template, "--overwrite": overwrite})
+    unused = [f for f, v in suite_only.items() if v]
+    if unused:
+        raise UnlearnError(f"{unused[0]} needs --suite")
     specs = [DataConfig(source=d, fields=list(fields) or ["text"]) for d in data]
     results = api.evaluate(
         model,
@@ -163,6 +144,11 @@ def eval_cmd(
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
+    _print_corpora(model, results)
+
+
+def _print_corpora(model: str, results: dict) -> None:
+    """The next-token metrics of each corpus as a table."""
     from rich.console import Console
     from rich.table import Table
 

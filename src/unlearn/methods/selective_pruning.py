@@ -166,15 +166,7 @@ def select(
 )
 def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     kinds = [k for k in ("ff", "attn") if cfg.fraction(k) > 0]
-    for kind in kinds:
-        per_layer = ctx.adapter.n_neurons(ctx.model, kind)
-        pool = per_layer if cfg.scope == "layer" else per_layer * ctx.adapter.n_layers(ctx.model)
-        if round(cfg.fraction(kind) * pool) < 1:
-            name = "ff_frac" if kind == "ff" else "attn_frac"
-            raise UnlearnError(
-                f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
-                f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it"
-            )
+    _check_fractions(ctx, cfg, kinds)
     # the healing chunks, tokenised before pruning: a bad source fails before the slow part
     heal_data = ctx.training_split("retain", cfg.heal_tokens) if cfg.heal_steps else None
     ablation = Ablation()
@@ -196,16 +188,7 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
                 needs=(cfg.importance, "mean") if cfg.ablation == "mean" else (cfg.importance,),
             )
         previous = ablation.copy()
-        added = {}
-        for kind in kinds:
-            chosen = select(
-                scores(forget_stats, retain_stats, cfg, kind), ablation, kind, cfg.fraction(kind), cfg.scope
-            )
-            added[kind] = sum(len(v) for v in chosen.values())
-            n = ctx.adapter.n_neurons(ctx.model, kind)
-            for layer, idx in chosen.items():
-                values = retain_stats[(kind, layer)].mean[idx] if cfg.ablation == "mean" else torch.zeros(len(idx))
-                ablation.add((kind, layer), idx, values, n)
+        added = _prune(ctx, cfg, kinds, ablation, forget_stats, retain_stats)
         if not any(added.values()):
             stop_reason = "no neurons left to prune"
             break
@@ -232,23 +215,57 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
             break
         if step < cfg.steps:  # a no-op in a context without a run folder
             ctx.save_checkpoint({"ablation": ablation, "steps": steps, "current": current})
-    pruned_any = any(ablation.total(k) for k in kinds)
+    return _healed(
+        ctx, cfg, MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current), heal_data
+    )
+
+
+def _check_fractions(ctx, cfg: SelectivePruningConfig, kinds: list[str]) -> None:
+    """An error when a pruning fraction rounds to no neuron at all."""
+    for kind in kinds:
+        per_layer = ctx.adapter.n_neurons(ctx.model, kind)
+        pool = per_layer if cfg.scope == "layer" else per_layer * ctx.adapter.n_layers(ctx.model)
+        if round(cfg.fraction(kind) * pool) < 1:
+            name = "ff_frac" if kind == "ff" else "attn_frac"
+            raise UnlearnError(
+                f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
+                f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it"
+            )
+
+
+def _prune(ctx, cfg: SelectivePruningConfig, kinds, ablation: Ablation, forget_stats, retain_stats) -> dict:
+    """Add one step's neurons of each kind to ``ablation`` (in place); how many were added per kind."""
+    added = {}
+    for kind in kinds:
+        chosen = select(scores(forget_stats, retain_stats, cfg, kind), ablation, kind, cfg.fraction(kind), cfg.scope)
+        added[kind] = sum(len(v) for v in chosen.values())
+        n = ctx.adapter.n_neurons(ctx.model, kind)
+        for layer, idx in chosen.items():
+            values = retain_stats[(kind, layer)].mean[idx] if cfg.ablation == "mean" else torch.zeros(len(idx))
+            ablation.add((kind, layer), idx, values, n)
+    return added
+
+
+def _healed(ctx, cfg: SelectivePruningConfig, pruned: MethodResult, heal_data) -> MethodResult:
+    """The pruning result, healed on ``heal_data`` when healing is on and some neuron was pruned."""
+    ablation, stop_reason = pruned.ablation, pruned.stop_reason
+    pruned_any = any(ablation.total(k) for k in ("ff", "attn"))
     if cfg.heal_steps and not pruned_any:
-        stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
+        pruned.stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
     if not cfg.heal_steps or not pruned_any:
-        return MethodResult(ablation=ablation, steps=steps, stop_reason=stop_reason, final=current)
+        return pruned
     healed = heal(ctx, ablation, cfg, heal_data)
     stop_reason += f"; healed {cfg.heal_steps} steps on retain"
     extra = {
         "heal_seconds": healed.extra["train_seconds"],
-        "before_heal": current,
+        "before_heal": pruned.final,
         "heal_data": healed.extra["heal_data"],
     }
     if healed.extra["forget_floor"] is not None:
         stop_reason += f" with a forget floor (NLL {healed.extra['forget_floor']:.3f})"
         extra["heal_forget_floor"] = healed.extra["forget_floor"]
     return MethodResult(
-        ablation=ablation, steps=steps, stop_reason=stop_reason, model=healed.model, log=healed.log, extra=extra
+        ablation=ablation, steps=pruned.steps, stop_reason=stop_reason, model=healed.model, log=healed.log, extra=extra
     )
 
 
@@ -299,12 +316,8 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     from ..data.chunking import tokens_sha256
     from ..eval.metrics import mean_loss
     from ..models.hooks import Switch, ablated
-    from . import losses
     from .context import TrainingData
     from .training import TrainConfig, train
-
-    def nll(model, batch):
-        return losses.nll(model(**_inputs(batch)).logits, batch["labels"])
 
     tcfg = TrainConfig(
         steps=cfg.heal_steps,
@@ -317,31 +330,8 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
     view = ctx.training(
         retain=TrainingData(retain_split), save_checkpoint=None, resumed=None, budgeted=False, check_budget=None
     )
-    # KL healing distils from the model as it was before pruning: with LoRA, the same model with its adapters and
-    # ablation hooks off; otherwise a frozen copy, taken before the ablation hooks go on
-    original = None
-    if cfg.heal_target == "kl" and not cfg.heal_lora:
-        import copy
-
-        # the token embeddings and the LM head keep their weights unless heal_embeddings: the copy shares them
-        # (113 MB less for SmolLM2-135M in float32)
-        kept = {} if cfg.heal_embeddings else {id(p): p for p in _vocabulary(ctx.model)}
-        original = copy.deepcopy(ctx.model, memo=kept).eval().requires_grad_(False)
     switch = Switch()
-
-    def reference_logits(model, batch):
-        with torch.no_grad():
-            if original is not None:
-                return original(**_inputs(batch)).logits
-            with getattr(model, "module", model).disable_adapter(), switch.off():
-                return model(**_inputs(batch)).logits
-
-    def retain_loss(model, batch):
-        if cfg.heal_target == "nll":
-            return nll(model, batch)
-        logits = model(**_inputs(batch)).logits
-        return losses.kl_to_reference(logits, reference_logits(model, batch), batch["labels"])
-
+    retain_loss = _retain_loss(ctx, cfg, switch)  # before the ablation hooks go on: KL's frozen copy is unpruned
     lora_hooks = contextlib.ExitStack()
 
     def ablate_lora_path(peft_model):
@@ -354,36 +344,76 @@ def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> 
         if cfg.heal_forget_weight:
             pruned_nll = mean_loss(ctx.model, _floor_chunks(ctx.forget.stats), batch_size=ctx.config.batch_size)
             floor = cfg.heal_floor_scale * pruned_nll
-
-        acted = [False]  # whether the hinge acted in the previous step
-
-        def loss(model, forget, retain, _reference):
-            r = retain_loss(model, retain)
-            if floor is None:
-                return r, {}
-            # the hinge is silent (no gradient) while the forget loss is above the floor: then one forward pass
-            # without a graph tells so, and the forward and backward passes of a graph are only paid when it acts.
-            # After a step where it acted it most likely acts again, and the graph is built at once.
-            if acted[0]:
-                f = nll(model, forget)
-            else:
-                with torch.no_grad():
-                    f = nll(model, forget)
-                if f < floor:
-                    f = nll(model, forget)
-            acted[0] = bool(f < floor)
-            return r + cfg.heal_forget_weight * torch.relu(floor - f), {
-                "retain_loss": r.detach(),
-                "forget_loss": f.detach(),
-            }
-
         result = train(
             view,
             tcfg,
-            loss,
+            _floored(retain_loss, floor, cfg.heal_forget_weight),
             trainable=None if cfg.heal_embeddings else _body,
             lora_init=ablate_lora_path if cfg.heal_lora else None,
         )
     result.extra["forget_floor"] = floor
     result.extra["heal_data"] = {"n_tokens": retain_split.n_tokens, "sha256": tokens_sha256(retain_split.input_ids)}
     return result
+
+
+def _nll(model, batch):
+    from . import losses
+
+    return losses.nll(model(**_inputs(batch)).logits, batch["labels"])
+
+
+def _retain_loss(ctx, cfg: SelectivePruningConfig, switch):
+    """The healing loss on a retain batch: next-token NLL, or KL to the model as it was before pruning."""
+    from . import losses
+
+    # KL healing distils from the model as it was before pruning: with LoRA, the same model with its adapters and
+    # ablation hooks off; otherwise a frozen copy, taken before the ablation hooks go on
+    original = None
+    if cfg.heal_target == "kl" and not cfg.heal_lora:
+        import copy
+
+        # the token embeddings and the LM head keep their weights unless heal_embeddings: the copy shares them
+        # (113 MB less for SmolLM2-135M in float32)
+        kept = {} if cfg.heal_embeddings else {id(p): p for p in _vocabulary(ctx.model)}
+        original = copy.deepcopy(ctx.model, memo=kept).eval().requires_grad_(False)
+
+    def reference_logits(model, batch):
+        with torch.no_grad():
+            if original is not None:
+                return original(**_inputs(batch)).logits
+            with getattr(model, "module", model).disable_adapter(), switch.off():
+                return model(**_inputs(batch)).logits
+
+    def retain_loss(model, batch):
+        if cfg.heal_target == "nll":
+            return _nll(model, batch)
+        logits = model(**_inputs(batch)).logits
+        return losses.kl_to_reference(logits, reference_logits(model, batch), batch["labels"])
+
+    return retain_loss
+
+
+def _floored(retain_loss, floor: float | None, weight: float):
+    """The training loss: ``retain_loss``, plus ``weight`` × the hinge max(0, floor − forget NLL) when a
+    forget floor is set."""
+
+    acted = [False]  # whether the hinge acted in the previous step
+
+    def loss(model, forget, retain, _reference):
+        r = retain_loss(model, retain)
+        if floor is None:
+            return r, {}
+        # the hinge is silent (no gradient) while the forget loss is above the floor: then one forward pass
+        # without a graph tells so, and the forward and backward passes of a graph are only paid when it acts.
+        # After a step where it acted it most likely acts again, and the graph is built at once.
+        if acted[0]:
+            f = _nll(model, forget)
+        else:
+            with torch.no_grad():
+                f = _nll(model, forget)
+            if f < floor:
+                f = _nll(model, forget)
+        acted[0] = bool(f < floor)
+        return r + weight * torch.relu(floor - f), {"retain_loss": r.detach(), "forget_loss": f.detach()}
+
+    return loss

@@ -141,17 +141,73 @@ def train(
     ``lora_init(peft_model)`` may initialise the LoRA adapters (FILA). Returns
     the per-step log (loss terms, learning rate, evaluations every ``eval_every`` steps) with the trained model.
     """
-    from transformers import get_scheduler
-
+    # --- set-up: float32 master weights, what trains, optimizer and schedule, Accelerate, the batch streams
     model = ctx.model
     bf16 = next(model.parameters()).dtype == torch.bfloat16
-    device = str(next(model.parameters()).device)
-    accelerator = _accelerator(cfg.grad_accum, cpu=device == "cpu")
+    cpu = str(next(model.parameters()).device) == "cpu"
+    accelerator = _accelerator(cfg.grad_accum, cpu=cpu)
     torch.manual_seed(ctx.seed)
     model = model.float()
-    reference = None
-    if needs_reference:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if needs_reference else None
+    model, params = _trainable(model, cfg, trainable, lora_init)
+    optimizer, schedule = _optimizer(params, cfg, cpu)
+    # sharded training: an unsharded copy receives the gathered weights for evaluation and export
+    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+    template = copy.deepcopy(model).requires_grad_(False) if sharded else None
+    # the schedule stays ours: Accelerate would step a prepared one once per process per optimizer step
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if reference is not None:
+        reference = accelerator.prepare_model(reference, evaluation_mode=True)
+    shard = {"rank": accelerator.process_index, "world": accelerator.num_processes}
+    forget = batches(ctx.forget.stats, cfg.batch_size, ctx.seed, **shard)
+    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.seed + 1, **shard) if ctx.retain is not None else None
+    run = _Loop(
+        accelerator, model, params, optimizer, schedule, template, kept=_snapshot(params) if ctx.budgeted else None
+    )
+    if ctx.resumed is not None:  # an interrupted run: its last checkpoint, and the batches it had used
+        run.resume(ctx.resumed, (forget, retain), cfg.grad_accum)
+
+    # --- the loop: one optimizer step, its log line, the periodic budget check / evaluation, the checkpoint
+    start, stop_reason = time.perf_counter(), f"completed {cfg.steps} steps"
+    every = cfg.eval_every or (5 if ctx.budgeted else 0)
+    model.train()
+    allocator = large_frees_returned() if cpu else contextlib.nullcontext()
+    with allocator, ctx.reporter.task("training", cfg.steps, unit="steps") as advance:
+        advance(run.done)
+        for step in range(run.done + 1, cfg.steps + 1):
+            terms = run.step(cfg, loss_fn, forget, retain, reference, bf16)
+            if not all(map(_finite, terms.values())):
+                raise UnlearnError(f"training diverged at step {step} (loss {terms['loss']}): lower lr")
+            run.log.append(
+                {"step": step, "lr": schedule.get_last_lr()[0], **{k: round(v, 6) for k, v in terms.items()}}
+            )
+            advance(1)
+            if every and step % every == 0 and (step < cfg.steps or ctx.budgeted):
+                reason = run.measure(ctx, cfg, step)
+                if reason:
+                    stop_reason = reason
+                    break
+            if ctx.save_checkpoint and ctx.checkpoint_every and step % ctx.checkpoint_every == 0 and step < cfg.steps:
+                ctx.save_checkpoint(run.state(step))
+
+    # --- export: gathered, LoRA merged, checkpointing off
+    model.eval()
+    trained = _export(accelerator, model, merge=True, template=template)
+    if cfg.checkpointing:
+        _set_checkpointing(trained, False)
+    return MethodResult(
+        ablation=None,
+        steps=run.steps,
+        stop_reason=stop_reason,
+        model=trained,
+        log=run.log,
+        extra={"train_seconds": round(time.perf_counter() - start, 3)},
+    )
+
+
+def _trainable(model, cfg: TrainConfig, trainable, lora_init):
+    """``model`` (wrapped in LoRA adapters when asked) with only the parameters to train requiring gradients, and
+    those parameters."""
     if cfg.checkpointing:
         _set_checkpointing(model, True)
     if cfg.lora:  # peft freezes the base model and trains the adapters
@@ -167,116 +223,101 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UnlearnError("nothing to train: no parameter requires a gradient")
+    return model, params
+
+
+def _optimizer(params, cfg: TrainConfig, cpu: bool):
+    """AdamW and its learning-rate schedule."""
+    from transformers import get_scheduler
+
     # on the CPU the fused kernel updates each tensor in one pass: 0.10 s per step against 0.28 s for the
     # per-tensor loop over 133 M float32 parameters (2-core AVX2 CPU), with no parameter-sized temporaries (the
     # foreach path makes them)
-    cpu = device == "cpu"
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False if cpu else None, fused=cpu or None
     )
     schedule = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
-    # sharded training: an unsharded copy receives the gathered weights for evaluation and export
-    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
-    template = copy.deepcopy(model).requires_grad_(False) if sharded else None
-    # the schedule stays ours: Accelerate would step a prepared one once per process per optimizer step
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if reference is not None:
-        reference = accelerator.prepare_model(reference, evaluation_mode=True)
-    shard = {"rank": accelerator.process_index, "world": accelerator.num_processes}
-    forget = batches(ctx.forget.stats, cfg.batch_size, ctx.seed, **shard)
-    retain = batches(ctx.retain.stats, cfg.batch_size, ctx.seed + 1, **shard) if ctx.retain is not None else None
+    return optimizer, schedule
 
-    log, steps, start = [], [], time.perf_counter()
-    budgeted = ctx.budgeted
-    every = cfg.eval_every or (5 if budgeted else 0)
-    kept, kept_step, stop_reason = _snapshot(params) if budgeted else None, 0, f"completed {cfg.steps} steps"
-    save_every, saver = ctx.checkpoint_every, ctx.save_checkpoint
-    done = 0
-    resumed = ctx.resumed
-    if resumed is not None:  # an interrupted run: its last checkpoint, and the batches it had used
-        done, log, steps, kept, kept_step = (resumed[k] for k in ("step", "log", "steps", "kept", "kept_step"))
-        _restore(params, resumed["params"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.load_state_dict(resumed["schedule"])
+
+class _Loop:
+    """The training loop's moving parts and its progress: the steps done, the per-step log, the evaluation
+    records, and the last state that kept within the budget (restored when a later one breaks it)."""
+
+    def __init__(self, accelerator, model, params, optimizer, schedule, template, *, kept):
+        self.accelerator, self.model, self.params = accelerator, model, params
+        self.optimizer, self.schedule, self.template = optimizer, schedule, template
+        self.done, self.log, self.steps, self.kept, self.kept_step = 0, [], [], kept, 0
+
+    def resume(self, resumed: dict, streams, grad_accum: int) -> None:
+        """Continue from a checkpoint written by :meth:`state`, with the batch streams where they were."""
+        self.done, self.log, self.steps, self.kept, self.kept_step = (
+            resumed[k] for k in ("step", "log", "steps", "kept", "kept_step")
+        )
+        _restore(self.params, resumed["params"])
+        self.optimizer.load_state_dict(resumed["optimizer"])
+        self.schedule.load_state_dict(resumed["schedule"])
         torch.set_rng_state(resumed["rng"])
-        for _ in range(done * cfg.grad_accum):  # the same batch order as an uninterrupted run
-            next(forget)
-            if retain is not None:
-                next(retain)
-    model.train()
-    allocator = large_frees_returned() if device == "cpu" else contextlib.nullcontext()
-    with allocator, ctx.reporter.task("training", cfg.steps, unit="steps") as advance:
-        advance(done)
-        for step in range(done + 1, cfg.steps + 1):
-            terms: dict[str, float] = {}
-            for _ in range(cfg.grad_accum):
-                with (
-                    accelerator.accumulate(model),
-                    torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16),
-                ):
-                    fb = {k: v.to(accelerator.device) for k, v in next(forget).items()}
-                    rb = {k: v.to(accelerator.device) for k, v in next(retain).items()} if retain else None
-                    loss, parts = loss_fn(model, fb, rb, reference)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        schedule.step()
-                    optimizer.zero_grad()
-                for k, v in {"loss": loss, **parts}.items():  # logged: the mean over processes
-                    v = accelerator.reduce(v.detach(), "mean") if accelerator.num_processes > 1 else v.detach()
-                    terms[k] = terms.get(k, 0.0) + float(v) / cfg.grad_accum
-            if not all(map(_finite, terms.values())):
-                raise UnlearnError(f"training diverged at step {step} (loss {terms['loss']}): lower lr")
-            log.append({"step": step, "lr": schedule.get_last_lr()[0], **{k: round(v, 6) for k, v in terms.items()}})
-            advance(1)
-            if every and step % every == 0 and (step < cfg.steps or budgeted):
-                model.eval()
-                record = {"step": step}
-                if budgeted:  # budgets are measured on the validation chunks, never on the reported ones
-                    current = _export(accelerator, model, template=template)
-                    reason, record["validation"] = ctx.check_budget(model=current)
-                    if reason and reason.startswith("budget"):
-                        _restore(params, kept)
-                        stop_reason = f"{reason}; restored the state after step {kept_step}"
-                        steps.append(record)
-                        break
-                    kept, kept_step = _snapshot(params), step
-                if cfg.eval_every:
-                    current = _export(accelerator, model, template=template)
-                    record.update(ctx.evaluate(label=f"step {step}", model=current))
-                steps.append(record)
-                if budgeted and reason:  # the forget target is reached: keep this state
-                    stop_reason = reason
-                    break
-                model.train()
-            if saver and save_every and step % save_every == 0 and step < cfg.steps:
-                saver(
-                    {
-                        "step": step,
-                        "log": log,
-                        "steps": steps,
-                        "kept": kept,
-                        "kept_step": kept_step,
-                        "params": _snapshot(params),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                        "rng": torch.get_rng_state(),
-                    }
-                )
-    model.eval()
-    trained = _export(accelerator, model, merge=True, template=template)
-    if cfg.checkpointing:
-        _set_checkpointing(trained, False)
-    return MethodResult(
-        ablation=None,
-        steps=steps,
-        stop_reason=stop_reason,
-        model=trained,
-        log=log,
-        extra={"train_seconds": round(time.perf_counter() - start, 3)},
-    )
+        for _ in range(self.done * grad_accum):  # the same batch order as an uninterrupted run
+            for stream in streams:
+                if stream is not None:
+                    next(stream)
+
+    def step(self, cfg: TrainConfig, loss_fn, forget, retain, reference, bf16: bool) -> dict[str, float]:
+        """One optimizer step over ``cfg.grad_accum`` micro-batches; its loss terms averaged over them."""
+        accelerator, model = self.accelerator, self.model
+        terms: dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            with accelerator.accumulate(model), torch.autocast(accelerator.device.type, torch.bfloat16, enabled=bf16):
+                fb = {k: v.to(accelerator.device) for k, v in next(forget).items()}
+                rb = {k: v.to(accelerator.device) for k, v in next(retain).items()} if retain else None
+                loss, parts = loss_fn(model, fb, rb, reference)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                if accelerator.sync_gradients:
+                    self.schedule.step()
+                self.optimizer.zero_grad()
+            for k, v in {"loss": loss, **parts}.items():  # logged: the mean over processes
+                v = accelerator.reduce(v.detach(), "mean") if accelerator.num_processes > 1 else v.detach()
+                terms[k] = terms.get(k, 0.0) + float(v) / cfg.grad_accum
+        return terms
+
+    def measure(self, ctx, cfg: TrainConfig, step: int) -> str | None:
+        """The budget check and evaluation after ``step``; the reason to stop training, if any."""
+        self.model.eval()
+        record, reason = {"step": step}, None
+        if ctx.budgeted:  # budgets are measured on the validation chunks, never on the reported ones
+            current = _export(self.accelerator, self.model, template=self.template)
+            reason, record["validation"] = ctx.check_budget(model=current)
+            if reason and reason.startswith("budget"):
+                _restore(self.params, self.kept)
+                self.steps.append(record)
+                return f"{reason}; restored the state after step {self.kept_step}"
+            self.kept, self.kept_step = _snapshot(self.params), step
+        if cfg.eval_every:
+            current = _export(self.accelerator, self.model, template=self.template)
+            record.update(ctx.evaluate(label=f"step {step}", model=current))
+        self.steps.append(record)
+        if reason:  # the forget target is reached: keep this state
+            return reason
+        self.model.train()
+        return None
+
+    def state(self, step: int) -> dict:
+        """What a checkpoint after ``step`` holds to resume exactly."""
+        return {
+            "step": step,
+            "log": self.log,
+            "steps": self.steps,
+            "kept": self.kept,
+            "kept_step": self.kept_step,
+            "params": _snapshot(self.params),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
 
 
 def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter) -> MethodResult:

@@ -28,6 +28,21 @@ def audit_section(run: Run) -> Section | None:
     if audit is None:
         return None
     sec = Section("Audit: can the forgotten data be recovered?", sid(run, "audit"))
+    metric = text(audit.get("metric")) or "top1"
+    sec.blocks.append(DefList(_audit_facts(run, audit, metric)))
+    attacks = audit.get("attacks")
+    table, lens = _attack_table(run, attacks if isinstance(attacks, list) else [], metric)
+    if table.rows:
+        sec.blocks.append(table)
+    sec.blocks += lens
+    for key in ("settings", "timings_s"):
+        if isinstance(audit.get(key), dict) and audit[key]:
+            sec.blocks.append(Details(f"audit {key}", pre=json.dumps(audit[key], indent=2, default=str)))
+    return sec
+
+
+def _audit_facts(run: Run, audit: dict, metric: str) -> list:
+    """The audited and original models, the probes, the metric and the largest recovery."""
     facts = []
     for who, label in (("model", "audited model"), ("original", "original model")):
         spec, sha = text(get(audit, who, "spec")), text(get(audit, who, "sha256"))
@@ -45,25 +60,19 @@ def audit_section(run: Run) -> Section | None:
                 if num(d.get(k)) is not None:
                     bits.append(f"{d[k]:,} {k[2:]}")
             facts.append((f"{which} probes", Cell(", ".join(bits), run=run.index)))
-    metric = text(audit.get("metric")) or "top1"
     facts.append(("metric", Cell(metric, run=run.index)))
     mr = audit.get("max_recovery")
     if isinstance(mr, dict) and num(mr.get("recovery")) is not None:
         c = value_cell(run, A, "max_recovery", "recovery", pct=True, cls=recovery_class(mr["recovery"]))
         c.text = f"{c.text} ({text(mr.get('attack')) or '?'})"
         facts.append(("max recovery", c))
-    sec.blocks.append(DefList(facts))
-    attacks = audit.get("attacks")
-    attacks = attacks if isinstance(attacks, list) else []
-    cols = [
-        "attack",
-        "variant",
-        "before",
-        "after unlearning",
-        "after attack",
-        "recovery",
-        "retain after attack",
-    ]
+    return facts
+
+
+def _attack_table(run: Run, attacks: list, metric: str) -> tuple[Table, list]:
+    """One row per attack (forget metric before, after unlearning, after the attack; recovery) and the logit-lens
+    plots of the attacks that read every layer."""
+    cols = ["attack", "variant", "before", "after unlearning", "after attack", "recovery", "retain after attack"]
     with_original = any(num(get(a, "original_attacked")) is not None for a in attacks)
     if with_original:
         cols.append("original model attacked")
@@ -109,12 +118,7 @@ def audit_section(run: Run) -> Section | None:
             f"unlearning)); ≥ {fmt_pct(HIGH_RECOVERY)} is marked red, ≥ {fmt_pct(WARN_RECOVERY)} amber"
             + ("; the original model under the same attack for comparison." if with_original else ".")
         )
-        sec.blocks.append(t)
-    sec.blocks += lens
-    for key in ("settings", "timings_s"):
-        if isinstance(audit.get(key), dict) and audit[key]:
-            sec.blocks.append(Details(f"audit {key}", pre=json.dumps(audit[key], indent=2, default=str)))
-    return sec
+    return t, lens
 
 
 def earlier_section(run: Run) -> Section | None:
@@ -175,8 +179,19 @@ def earlier_section(run: Run) -> Section | None:
 
 
 def manifest_section(run: Run) -> Section | None:
-    m = run.manifest
     sec = Section("Manifest", sid(run, "manifest"))
+    items = _manifest_facts(run)
+    if items:
+        sec.blocks.append(DefList(items))
+    sec.blocks += _manifest_tables(run)
+    if run.config_text is not None:
+        sec.blocks.append(Details("resolved configuration (config.yaml)", pre=run.config_text))
+    return sec
+
+
+def _manifest_facts(run: Run) -> list:
+    """When, which version, seed, method, model (hashes before and after) and the parent run of the chain."""
+    m = run.manifest
     items = []
     for label, keys in (
         ("created", ("created",)),
@@ -204,9 +219,13 @@ def manifest_section(run: Run) -> Section | None:
                 items.append((f"parent {k.replace('_', ' ')}", Cell(text(parent[k]), run=run.index, code=True)))
     elif "parent" in m:
         items.append(("parent run (chain link)", Cell("none (first request)", run=run.index)))
-    if items:
-        sec.blocks.append(DefList(items))
+    return items
 
+
+def _manifest_tables(run: Run) -> list:
+    """The data, method facts, timings, package versions and file hashes of the manifest."""
+    m = run.manifest
+    blocks = []
     data = m.get("data")
     if isinstance(data, dict) and data:
         t = Table(
@@ -228,7 +247,7 @@ def manifest_section(run: Run) -> Section | None:
                     ],
                 ],
             )
-        sec.blocks.append(t)
+        blocks.append(t)
 
     facts = m.get("method_facts")
     if isinstance(facts, dict) and facts:
@@ -239,7 +258,7 @@ def manifest_section(run: Run) -> Section | None:
                     "fact." + ".".join(map(str, k)),
                     [Cell(".".join(map(str, k)), run=run.index), value_cell(run, MF, "method_facts", *k)],
                 )
-        sec.blocks.append(t)
+        blocks.append(t)
 
     timings = m.get("timings_s")
     if isinstance(timings, dict) and timings:
@@ -247,13 +266,11 @@ def manifest_section(run: Run) -> Section | None:
         for k, v in timings.items():
             if num(v) is not None:
                 t.add(f"timing.{k}", [Cell(k, run=run.index), value_cell(run, MF, "timings_s", k)])
-        sec.blocks.append(t)
+        blocks.append(t)
 
     versions = m.get("versions")
     if isinstance(versions, dict) and versions:
-        sec.blocks.append(
-            Details("package versions", blocks=[DefList([(k, plain(run, v)) for k, v in versions.items()])])
-        )
+        blocks.append(Details("package versions", blocks=[DefList([(k, plain(run, v)) for k, v in versions.items()])]))
     for files, what, prefix in (
         (get(m, "model", "files"), "saved model files", "model/"),
         (m.get("files"), "run files", ""),
@@ -265,7 +282,5 @@ def manifest_section(run: Run) -> Section | None:
                     f"file.{prefix}{k}",
                     [Cell(prefix + k, run=run.index, code=True), Cell(text(v) or "–", run=run.index, code=True)],
                 )
-            sec.blocks.append(Details(f"{what} (sha256)", blocks=[t]))
-    if run.config_text is not None:
-        sec.blocks.append(Details("resolved configuration (config.yaml)", pre=run.config_text))
-    return sec
+            blocks.append(Details(f"{what} (sha256)", blocks=[t]))
+    return blocks

@@ -129,12 +129,18 @@ def test_jsonl_default_field_skips_blank_lines_and_numbers_lines(tmp_path):
     assert docs(path) == [(f"{path}:1", "one"), (f"{path}:4", "two\nlines")]
 
 
-def test_jsonl_custom_fields_are_joined_and_non_strings_dumped(tmp_path):
+def test_jsonl_custom_fields_are_joined_and_non_strings_refused_with_the_line(tmp_path):
     path = tmp_path / "d.JSONL"  # suffix is case-insensitive
     rows = [{"q": "Why?", "a": "Because.", "n": 3}, {"q": "List", "a": ["x", "ü"], "n": None}]
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
-    assert texts(path, fields=("q", "a")) == ["Why?\nBecause.", 'List\n["x", "ü"]']
-    assert texts(path, fields=("n",)) == ["3", "null"]
+    assert texts(path, fields=("q",)) == ["Why?", "List"]
+    # not silently turned into text and unlearned: the record's line and the field are named
+    for fields, line, field, kind in ((("q", "a"), 2, "a", "list"), (("n",), 1, "n", "int"), (("a",), 2, "a", "list")):
+        with pytest.raises(UnlearnError, match=rf"d.JSONL:{line}: field '{field}' is {kind}, not text"):
+            texts(path, fields=fields)
+    path.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": {"nested": "x"}}), encoding="utf-8")
+    with pytest.raises(UnlearnError, match=r"d.JSONL:2: field 'text' is dict, not text"):
+        texts(path)
 
 
 def test_jsonl_string_may_hold_raw_unicode_line_separators(tmp_path):
@@ -175,7 +181,9 @@ def test_parquet_default_and_custom_fields(tmp_path):
     path = tmp_path / "d.parquet"
     pq.write_table(pa.table({"text": ["alpha", "beta"], "title": ["A", "B"], "n": [1, 2]}), path)
     assert docs(path) == [(f"{path}[0]", "alpha"), (f"{path}[1]", "beta")]
-    assert texts(path, fields=("title", "text", "n")) == ["A\nalpha\n1", "B\nbeta\n2"]
+    assert texts(path, fields=("title", "text")) == ["A\nalpha", "B\nbeta"]
+    with pytest.raises(UnlearnError, match=r"d.parquet\[0\]: field 'n' is int, not text"):
+        texts(path, fields=("title", "text", "n"))
 
 
 # -------------------------------------------------------------------------------------------- HF datasets (local)

@@ -157,7 +157,11 @@ def test_ledger_verifies_the_chain_api_cli_and_json(chain, tmp_path):
 
     code, out, err = invoke("ledger", str(c.run_dir))
     assert code == 0, err
-    assert out.strip().splitlines()[-1] == "verified: 3 requests, all hashes match"
+    lines = out.strip().splitlines()
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("verified:"))
+    assert lines[verdict] == "verified: 3 requests, all hashes match"
+    said = " ".join(" ".join(lines[verdict + 1 :]).split())  # and that nothing protects the newest manifest
+    assert said.startswith("the newest request c is unsigned") and result["head"]["manifest_sha256"] in said
     assert "gradient-ascent" in out and "other_code.txt" in out
     code, out, err = invoke("ledger", str(c.run_dir), "--json")
     assert code == 0, err

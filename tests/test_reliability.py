@@ -360,19 +360,19 @@ def _catalogue(env, scratch: Path) -> dict[str, Case]:
         "config: save_model not a boolean": _case(config("save", {"save_model": "maybe"}), "save_model"),
         # numbers out of range on the command line
         "batch size zero": _case(b + ["--batch-size", "0"], "batch_size"),
-        "eval tokens zero": _case(b + ["--eval-tokens", "0"], "eval_tokens"),
-        "stats tokens negative": _case(b + ["--stats-tokens", "-1"], "stats_tokens"),
-        "val tokens negative": _case(b + ["--val-tokens", "-5"], "val_tokens"),
-        "skip-k negative": _case(b + ["--skip-k", "-1"], "skip_k"),
-        "seq_len above the maximum": _case(b + ["--seq-len", "40000"], "seq_len"),
+        "eval tokens zero": _case(b + ["--eval-tokens", "0"], "--eval-tokens"),
+        "stats tokens negative": _case(b + ["--stats-tokens", "-1"], "--stats-tokens"),
+        "val tokens negative": _case(b + ["--val-tokens", "-5"], "--val-tokens"),
+        "skip-k negative": _case(b + ["--skip-k", "-1"], "--skip-k"),
+        "seq_len above the maximum": _case(b + ["--seq-len", "40000"], "--seq-len"),
         "seed beyond 64 bits": _case(b + ["--seed", str(2**64)], "seed"),
         "learn: seq_len above the maximum": _case(
             ["learn", "--model", str(env["model"]), "--data", str(env["code"]), "--out", str(learned)]
             + ["--seq-len", "40000", "--dtype", "fp32"],
-            "seq_len",
+            "--seq-len",
         ),
-        "fraction not a number": _case(b + ["--ff-frac", "nan"], "ff_frac"),
-        "budget infinite": _case(b + ["--max-retain-drop", "inf"], "max_retain_drop"),
+        "fraction not a number": _case(b + ["--ff-frac", "nan"], "--ff-frac", "finite"),
+        "budget infinite": _case(b + ["--max-retain-drop", "inf"], "--max-retain-drop", "finite"),
         "forget target of 0%": _case(b + ["--forget-target-drop", "0%"], "forget_target_drop"),
         "KL budget negative": _case(b + ["--budget", "kl=-1"], "kl"),
         # trained methods' parameters (--set)

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 import unlearn
 from unlearn.cli import main
 from unlearn.errors import UnlearnError
+from unlearn.models.save import file_sha256
 from unlearn.report.html import report, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,9 @@ def pruned_run(run_tiny, tmp_path):
     d = result.run_dir
     (d / "audit.json").write_text(json.dumps(AUDIT, indent=2))
     _edit(d / "metrics.json", earlier_requests=EARLIER)
-    _edit(d / "manifest.json", parent=PARENT)
+    manifest = json.loads((d / "manifest.json").read_text())
+    files = {**manifest["files"], "metrics.json": file_sha256(d / "metrics.json")}  # as a run with them writes it
+    _edit(d / "manifest.json", parent=PARENT, files=files)
     return d
 
 
@@ -366,8 +369,11 @@ def test_missing_and_odd_keys_are_skipped_not_fatal(tmp_path):
         json.dumps({"attacks": [{"attack": "x"}, 5, {"recovery": None}], "max_recovery": None})
     )
     (d / "config.yaml").write_text("stop: [unclosed\n")
-    paths = report(d)
+    with pytest.raises(UnlearnError, match="not an unlearn run manifest"):
+        report(d)  # verified by default: this is no run folder
+    paths = report(d, verify=False)
     page = paths["html"].read_text()
+    assert "Problems in this run&#x27;s records" in page or "Problems in this run's records" in page
     assert {
         "run0-metrics",
         "run0-tradeoff",

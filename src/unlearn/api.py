@@ -21,12 +21,14 @@ __all__ = [
     "coerce_config",
     "evaluate",
     "evaluate_suite",
+    "keygen",
     "launch",
     "learn",
     "ledger",
     "methods",
     "report",
     "run",
+    "sign",
     "suites",
     "write_report",
 ]
@@ -62,18 +64,44 @@ def methods() -> dict[str, dict]:
     }
 
 
-def ledger(run_dir: str | Path) -> dict:
-    """The chain of unlearning requests behind a run folder, root first, with every hash re-verified: see
-    :func:`unlearn.runs.ledger.ledger`."""
+def ledger(run_dir: str | Path, pubkey: str | Path | None = None) -> dict:
+    """The chain of unlearning requests behind a run folder, root first, with every hash re-verified, and with
+    ``pubkey`` (an Ed25519 public key file) every signature: see :func:`unlearn.runs.ledger.ledger`."""
     from .runs.ledger import ledger as build
 
-    return build(run_dir)
+    return build(run_dir, pubkey)
 
 
-def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = None) -> dict[str, Path]:
+def keygen(path: str | Path) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair for signing run folders: ``path`` (private) and ``path.pub`` (public)."""
+    from .runs.signing import keygen as make
+
+    return make(path)
+
+
+def sign(run_dir: str | Path, key: str | Path, *, verify: bool = True) -> dict:
+    """Sign every file of the finished run folder ``run_dir`` with the Ed25519 private key file ``key``: writes
+    ``run_dir/signature.json`` and returns its record (plus ``path``). With ``verify`` the folder's files must
+    first hash as its manifest records (:class:`UnlearnError` naming the first that does not)."""
+    from .runs.folder import SIGNATURE
+    from .runs.ledger import read_manifest, require_intact
+    from .runs.signing import load_private_key, sign as write
+
+    private = load_private_key(key)
+    if verify:
+        require_intact(Path(run_dir))
+    else:
+        read_manifest(Path(run_dir))
+    return {**write(run_dir, private), "path": str(Path(run_dir) / SIGNATURE)}
+
+
+def report(
+    run_dirs: list[str | Path] | str | Path, out: str | Path | None = None, *, verify: bool = True
+) -> dict[str, Path]:
     """Write ``report.html`` (self-contained: figures inline as SVG) and ``report.md`` for one or several run
-    folders: into the run folder for one, ``reports/<timestamp>/`` for several, or ``out``. Returns ``{"html":
-    path, "md": path}``; see :func:`unlearn.report.html.report`."""
+    folders: into the run folder for one, ``reports/<timestamp>/`` for several, or ``out``. Each folder is first
+    checked against its manifest and for malformed values unless ``verify`` is False. Returns ``{"html": path,
+    "md": path}``; see :func:`unlearn.report.html.report`."""
     from .report.html import report as write
 
-    return write(run_dirs, out)
+    return write(run_dirs, out, verify=verify)

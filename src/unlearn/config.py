@@ -22,7 +22,7 @@ class DataConfig(BaseModel):
     """A corpus: a file, folder, glob, built-in name (python-stdlib, english-prose, general-english,
     general-english-heldout) or hf:NAME."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     source: str
     fields: list[str] = Field(default_factory=lambda: ["text"], description="record fields joined as the text")
     format: Literal["text", "qa"] = Field(
@@ -75,7 +75,7 @@ class StopConfig(BaseModel):
 class EvalSpec(BaseModel):
     """An evaluation suite that a run applies to the model before and after unlearning."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     suite: str = Field(description="tofu, muse, rwku, mcq, lm or mia (see unlearn suites)")
     data: list[str] = Field(description="benchmark folders, files or PART=PATH entries")
     settings: dict = Field(default_factory=dict, description="suite settings (see unlearn suites)")
@@ -95,7 +95,7 @@ class EvalSpec(BaseModel):
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field("smollm2-135m", description="alias, checkpoint directory, .gguf file or hub id")
     dtype: Literal["auto", "bf16", "fp32", "fp16"] = "auto"

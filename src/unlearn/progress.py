@@ -1,4 +1,7 @@
-"""Progress reporting: rich progress bars on a console, or nothing (library use, tests)."""
+"""Progress reporting: rich progress bars on a console, or nothing (library use, tests, ``--quiet``).
+
+Warnings are not progress: :meth:`Reporter.warn` prints them on the console, or on stderr when there is none.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import contextlib
 
 class Reporter:
     """``task(description, total)`` yields ``advance(n)``; ``stage(msg)`` shows a transient status while a block
-    runs; ``log(msg)`` prints a permanent line."""
+    runs; ``log(msg)`` prints a permanent line on the console; ``warn(msg)`` always prints (stderr without one)."""
 
     def __init__(self, console=None):
         self.console = console
@@ -52,3 +55,15 @@ class Reporter:
     def log(self, message: str) -> None:
         if self.console is not None:
             self.console.print(message, highlight=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        """A line the user must see whatever the verbosity: something went wrong, or what to do next."""
+        if self.console is not None:
+            self.console.print(message, highlight=False, soft_wrap=True)
+            return
+        from .distributed import is_main
+
+        if is_main():  # in a multi-process launch, process 0 speaks for all
+            import sys
+
+            print(message, file=sys.stderr, flush=True)

@@ -32,7 +32,7 @@ from .probes import Probes, build_probes
 class AuditConfig(BaseModel):
     """The audit's settings (``unlearn audit --set KEY=VALUE``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     metric: Literal["top1", "top10"] = Field("top1", description="forget metric that recovery is computed on")
     relearn_steps: int = Field(20, ge=1, le=10_000, description="relearning: optimizer steps")
     relearn_lr: float = Field(5e-5, gt=0, lt=1, description="relearning: learning rate (the learn step's default)")
@@ -88,12 +88,15 @@ def audit(
     dtype: str | None = None,
     device: str = "auto",
     console=None,
+    verify: bool = True,
 ) -> dict:
     """Attack an unlearned ``model`` (a checkpoint, or a run folder) and score how much each attack recovers.
 
     With a run folder, ``original``, ``forget``, ``retain`` and the chunking settings default to the run's; the
     results go to ``RUN/audit.json`` (else ``OUT/audit.json``, default ``audits/<model>``). ``attacks``: any of
-    :data:`ATTACKS` (default all); ``settings``: :class:`AuditConfig` fields. Returns the audit record.
+    :data:`ATTACKS` (default all); ``settings``: :class:`AuditConfig` fields. A run folder's files are first
+    checked against its manifest (:class:`UnlearnError` naming the first that differs) unless ``verify`` is
+    False. Returns the audit record.
     """
     t0 = time.perf_counter()
     reporter = Reporter(console)
@@ -104,6 +107,10 @@ def audit(
     setup = _setup(
         model, original, forget, retain, control, out, overwrite, seq_len, eval_tokens, seed, batch_size, dtype
     )
+    if verify and setup.run_dir is not None:
+        from ..runs.ledger import require_intact
+
+        require_intact(setup.run_dir)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     job = _load(setup, cfg, device, reporter)
@@ -127,7 +134,7 @@ def audit(
         try:  # the run's report gains its audit section
             write_report(run_dir)
         except Exception as exc:  # noqa: BLE001 - the audit is written; the report can be rebuilt
-            reporter.log(f"warning: report not updated ({exc}); rebuild it with `unlearn report {run_dir}`")
+            reporter.warn(f"warning: report not updated ({exc}); rebuild it with `unlearn report {run_dir}`")
     return {**record, "path": str(setup.path)}
 
 
@@ -259,10 +266,12 @@ def _load(setup: _Setup, cfg: AuditConfig, device: str, reporter: Reporter) -> _
     """Load both models (same tokenizer required) and build the probes."""
     from ..eval.scoring import Template
     from ..models.adapters import adapter_for
-    from ..models.load import load_model
+    from ..models.load import check_model_spec, check_seq_len, load_model
 
+    check_model_spec(setup.original, "--original")  # before loading the first model, not after
     with reporter.stage(f"loading model {setup.model}"):
         unlearned = load_model(setup.model, setup.saved_dtype, device, log=reporter.log)
+    check_seq_len(unlearned, setup.seq_len)
     with reporter.stage(f"loading original {setup.original}"):
         orig = load_model(setup.original, setup.dtype, device, log=reporter.log)
     if len(unlearned.tokenizer) != len(orig.tokenizer):

@@ -1,9 +1,8 @@
-"""The other commands: ``learn``, ``suites``, ``methods``, ``ledger``, ``report`` and ``audit``."""
+"""The other commands: ``learn``, ``suites``, ``methods``, ``report`` and ``audit``."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -11,7 +10,8 @@ from ..errors import UnlearnError
 from ..config import RunConfig
 from ..config import DataConfig
 from ..audit.runner import ATTACKS
-from .group import choices, console_for, key_values, main
+from .group import Number, choices, console_for, key_values, main
+from ..methods.training import TrainConfig
 
 
 @main.command("learn")
@@ -28,14 +28,26 @@ from .group import choices, console_for, key_values, main
     show_default=True,
     help="qa: chat template, loss on answers; auto: qa when records have question and answer fields.",
 )
-@click.option("--epochs", type=float, default=3.0, show_default=True, help="Passes over the data (unless --steps).")
-@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
-@click.option("--lr", type=float, default=5e-5, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per optimizer step.")
-@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per row (QA rows are padded).")
-@click.option("--tokens", type=int, default=65536, show_default=True, help="Text data: tokens to train on.")
+@click.option(
+    "--epochs", type=Number(float, gt=0), default=3.0, show_default=True, help="Passes over the data (unless --steps)."
+)
+@click.option("--steps", type=Number(int, ge=1), help="Optimizer steps (overrides --epochs).")
+@click.option(
+    "--lr", type=Number.like(TrainConfig, "lr"), default=5e-5, show_default=True, help="Peak learning rate (AdamW)."
+)
+@click.option("--batch-size", type=Number(int, ge=1), default=8, show_default=True, help="Rows per optimizer step.")
+@click.option(
+    "--seq-len",
+    type=Number.like(RunConfig, "seq_len"),
+    default=256,
+    show_default=True,
+    help="Tokens per row (QA rows are padded).",
+)
+@click.option(
+    "--tokens", type=Number(int, ge=1), default=65536, show_default=True, help="Text data: tokens to train on."
+)
 @click.option("--lora", help="Train LoRA adapters and merge them: 'r=16[,alpha=32,dropout=0,targets=a;b]'.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=Number.like(RunConfig, "seed"), default=0, show_default=True)
 @click.option("--dtype", type=choices(RunConfig, "dtype"), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len, tokens, lora, seed, dtype, device):
@@ -111,68 +123,6 @@ def methods_cmd(as_json):
         click.echo(f"  {name}: {preset['summary']}\n    {preset['method']}: {settings}")
 
 
-@main.command("ledger")
-@click.argument("run_dir", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print the ledger as JSON.")
-def ledger_cmd(run_dir, as_json):
-    """The chain of unlearning requests behind RUN_DIR (root first): what was forgotten, when, how, and the
-    model and data hashes, with every hash re-verified against the files on disk.
-
-    Exit code 0 when everything matches, 1 when a check fails, 2 when RUN_DIR is not a run folder.
-    """
-    from .. import api
-
-    result = api.ledger(run_dir)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        _print_ledger(result)
-    if not result["verified"]:
-        problems = result["problems"]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        click.echo(f"error: verification failed: {problems[0]}{more}", err=True)
-        sys.exit(1)
-
-
-def _short(sha: str | None) -> str:
-    return sha[:16] if sha else "-"
-
-
-def _print_ledger(result: dict) -> None:
-    """One section per request, root first: what, when, how, the hashes and whether they verified."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..runs.ledger import compact_method_config
-
-    table = Table(title=f"unlearning requests behind {result['run_dir']}", title_justify="left", show_lines=True)
-    table.add_column("#", justify="right")
-    table.add_column("request", overflow="fold")
-    table.add_column("forgot / kept", overflow="fold")
-    table.add_column("method", overflow="fold")
-    table.add_column("sha256", overflow="fold", no_wrap=True)
-    table.add_column("ok")
-    for i, r in enumerate(result["requests"], 1):
-        model, data = r["model"], r["data"]
-        table.add_row(
-            str(i),
-            f"{r['run']}\n{r['created'] or '-'}",
-            f"{r['forget_source']}\nkept: {r['retain_source']}",
-            f"{r['method']}\n{compact_method_config(r['method'], r['method_config'])}",
-            f"model  {_short(model['sha256_before'])}\n    →  {_short(model['sha256_after'])}\n"
-            f"forget {_short(data['forget']['sha256_tokens'])}\nretain {_short(data['retain']['sha256_tokens'])}",
-            "yes" if r["verified"] else "NO",
-        )
-    Console().print(table)
-    n = len(result["requests"])
-    if result["verified"]:
-        click.echo(f"verified: {n} request{'s' if n != 1 else ''}, all hashes match")
-        return
-    for problem in result["problems"]:
-        click.echo(f"problem: {problem}")
-    click.echo(f"verification failed: {len(result['problems'])} problem(s) in {n} request(s)")
-
-
 @main.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(), metavar="RUN_DIR [RUN_DIR ...]")
 @click.option(
@@ -181,14 +131,20 @@ def _print_ledger(result: dict) -> None:
     type=click.Path(),
     help="Folder for report.html and report.md (default: the run folder; with several runs reports/TIMESTAMP).",
 )
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Render even runs whose files do not match their manifest or hold malformed values (listed in the report).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
-def report_cmd(run_dirs, out_dir, as_json):
+def report_cmd(run_dirs, out_dir, no_verify, as_json):
     """Write report.html (self-contained, figures inline) and report.md for one or several run folders: metrics
     before/after, the trade-off per step, pruned neurons per layer, suites, audit, earlier requests, manifest;
-    with several runs also a comparison table and overlaid trade-off curves."""
+    with several runs also a comparison table and overlaid trade-off curves. Each run folder is first checked:
+    its files against its manifest's hashes, its values for NaN, missing or mistyped metrics."""
     from .. import api
 
-    paths = api.report(list(run_dirs), out=out_dir)
+    paths = api.report(list(run_dirs), out=out_dir, verify=not no_verify)
     if as_json:
         click.echo(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     else:
@@ -214,12 +170,17 @@ def report_cmd(run_dirs, out_dir, as_json):
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="An audit setting (repeatable; see below).")
 @click.option("--out", "out_dir", help="Write OUT/audit.json (default: the run folder, else audits/<model>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing audit.json.")
-@click.option("--seq-len", type=int, help="Tokens per chunk (default: the run's).")
-@click.option("--eval-tokens", type=int, help="Tokens of evaluation rows per corpus (default: the run's).")
-@click.option("--seed", type=int, help="Seed for the choice of chunks (default: the run's).")
-@click.option("--batch-size", type=int, help="Rows per forward pass (default: the run's).")
+@click.option("--seq-len", type=Number.like(RunConfig, "seq_len"), help="Tokens per chunk (default: the run's).")
+@click.option(
+    "--eval-tokens",
+    type=Number.like(RunConfig, "eval_tokens"),
+    help="Tokens of evaluation rows per corpus (default: the run's).",
+)
+@click.option("--seed", type=Number.like(RunConfig, "seed"), help="Seed for the choice of chunks (default: the run's).")
+@click.option("--batch-size", type=Number(int, ge=1), help="Rows per forward pass (default: the run's).")
 @click.option("--dtype", type=choices(RunConfig, "dtype"), help="Default: the run's.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--no-verify", is_flag=True, help="Audit a run folder even if its files do not match its manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON instead of a table.")
 def audit_cmd(
     run_dir,
@@ -240,6 +201,7 @@ def audit_cmd(
     batch_size,
     dtype,
     device,
+    no_verify,
     as_json,
 ):
     """Attack an unlearned model and measure how much of the forgotten material comes back.
@@ -270,6 +232,8 @@ def audit_cmd(
         raise UnlearnError("give either RUN_DIR or --model, not both")
     if not (run_dir or model):
         raise UnlearnError("give a run folder (RUN_DIR) or --model")
+    if run_dir:
+        _check_run_dir(run_dir)
     result = api.audit(
         run_dir or model,
         original=original,
@@ -287,11 +251,30 @@ def audit_cmd(
         dtype=dtype,
         device=device,
         console=console_for(),
+        verify=not no_verify,
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     _print_audit(result)
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """RUN_DIR must be a finished run folder (or its model/); a checkpoint is audited with --model."""
+    from pathlib import Path
+
+    from ..runs.folder import MANIFEST, is_run_folder
+
+    p = Path(run_dir)
+    if not p.exists():
+        raise UnlearnError(f"run folder {run_dir} not found")
+    if not p.is_dir():
+        raise UnlearnError(f"{run_dir} is not a folder: RUN_DIR is a run folder (a checkpoint goes in --model)")
+    if not (is_run_folder(p) or (is_run_folder(p.parent) and p.name == "model")):
+        raise UnlearnError(
+            f"{run_dir} is not a run folder (no {MANIFEST} and config.yaml): to audit a checkpoint pass "
+            f"--model {run_dir} --original MODEL_BEFORE_UNLEARNING"
+        )
 
 
 def _audit_data(source, fmt):

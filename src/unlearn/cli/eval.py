@@ -11,7 +11,7 @@ import click
 from ..errors import UnlearnError, from_os_error
 from ..config import RunConfig
 from ..config import DataConfig
-from .group import DEFAULTS, choices, console_for, key_values, main, set_if_given
+from .group import DEFAULTS, Number, choices, console_for, key_values, main, set_if_given
 
 
 @main.command("eval")
@@ -32,8 +32,8 @@ from .group import DEFAULTS, choices, console_for, key_values, main, set_if_give
 )
 @click.option("--field", "fields", multiple=True, help="Record field(s) holding the text (default text).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="A suite setting (repeatable).")
-@click.option("--limit", type=int, help="Suite: only the first N records of each part.")
-@click.option("--shots", type=int, help="Suite mcq: few-shot examples per question (0-5).")
+@click.option("--limit", type=Number(int, ge=1), help="Suite: only the first N records of each part.")
+@click.option("--shots", type=Number(int, ge=0), help="Suite mcq: few-shot examples per question (0-5).")
 @click.option(
     "--template",
     type=click.Choice(["auto", "chat", "plain"]),
@@ -45,25 +45,35 @@ from .group import DEFAULTS, choices, console_for, key_values, main, set_if_give
 @click.option("--overwrite", is_flag=True, help="Suite: recompute parts already in the results file.")
 @click.option(
     "--eval-tokens",
-    type=int,
+    type=Number.like(RunConfig, "eval_tokens"),
     default=DEFAULTS.eval_tokens,
     show_default=True,
     help="Tokens per corpus (a run's default: the same held-out chunks it reported).",
 )
-@click.option("--seq-len", type=int, default=DEFAULTS.seq_len, show_default=True, help="Tokens per chunk.")
 @click.option(
-    "--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True, help="Sequences per forward pass."
+    "--seq-len",
+    type=Number.like(RunConfig, "seq_len"),
+    default=DEFAULTS.seq_len,
+    show_default=True,
+    help="Tokens per chunk.",
+)
+@click.option(
+    "--batch-size",
+    type=Number(int, ge=1),
+    default=DEFAULTS.batch_size,
+    show_default=True,
+    help="Sequences per forward pass.",
 )
 @click.option(
     "--skip-k",
-    type=int,
+    type=Number.like(RunConfig, "skip_k"),
     default=DEFAULTS.skip_k,
     show_default=True,
     help="Skip-k accuracy ignores the k most frequent tokens.",
 )
 @click.option(
     "--seed",
-    type=int,
+    type=Number.like(RunConfig, "seed"),
     default=DEFAULTS.seed,
     show_default=True,
     help="Same seed as a run = the run's evaluation chunks.",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
-
 from typing import get_args
 
 import click
@@ -20,13 +20,54 @@ DEFAULTS = RunConfig()
 SP = {k: f.default for k, f in SelectivePruningConfig.model_fields.items()}
 
 
+class Number(click.ParamType):
+    """The type of every numeric option: a finite whole number (``int``) or number (``float``) within bounds.
+
+    NaN and infinities are refused with the option's name (Python's ``float()`` accepts them, and a NaN passes
+    every comparison-based range check). :meth:`like` takes the bounds from a config field, so a flag and the
+    setting it fills keep one range."""
+
+    def __init__(self, kind: type = float, *, ge=None, gt=None, le=None, lt=None):
+        self.kind, self.ge, self.gt, self.le, self.lt = kind, ge, gt, le, lt
+        self.name = "integer" if kind is int else "number"
+
+    @classmethod
+    def like(cls, model, field: str, kind: type | None = None) -> Number:
+        """The number type of the config ``model``'s ``field``: its kind and its ge/gt/le/lt bounds."""
+        info = model.model_fields[field]
+        bounds = {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+        return cls(kind or (int if info.annotation in (int, "int") else float), **bounds)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            text = str(value).strip()
+            try:
+                value = int(text) if self.kind is int else float(text)
+            except ValueError:
+                self.fail(f"{text!r} is not {'a whole number' if self.kind is int else 'a number'}", param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        for bound, ok, word in (
+            (self.ge, lambda b: value >= b, "at least"),
+            (self.gt, lambda b: value > b, "more than"),
+            (self.le, lambda b: value <= b, "at most"),
+            (self.lt, lambda b: value < b, "less than"),
+        ):
+            if bound is not None and not ok(bound):
+                self.fail(f"{value} is out of range: it must be {word} {bound}", param, ctx)
+        return value
+
+
 def fraction(value: str | None, flag: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value[:-1]) / 100 if value.endswith("%") else float(value)
+        out = float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
         raise UnlearnError(f"{flag} expects a fraction or percentage, got {value!r}") from None
+    if not math.isfinite(out):
+        raise UnlearnError(f"{flag} expects a finite fraction or percentage, got {value!r}")
+    return out
 
 
 def int_or_auto(value: str | None, flag: str):
@@ -62,14 +103,22 @@ def fail_os(exc: OSError) -> None:
     fail(str(from_os_error(exc)))
 
 
+def interrupted() -> None:
+    """Ctrl-C: not bad input, so not exit code 2, but the shell's 130 (128 + SIGINT)."""
+    click.echo("interrupted", err=True)
+    sys.exit(130)
+
+
 @contextlib.contextmanager
 def one_line_errors():
-    """Usage errors, UnlearnError, a full disk or a forbidden path, Ctrl-C: one line and exit code 2."""
+    """Usage errors, UnlearnError, a full disk or a forbidden path: one line and exit code 2; Ctrl-C: 130."""
     try:
         yield
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            interrupted()
         fail("aborted")
     except click.ClickException as exc:
         fail(exc.format_message().replace("\n", " "))
@@ -78,7 +127,7 @@ def one_line_errors():
     except OSError as exc:
         fail_os(exc)
     except KeyboardInterrupt:
-        fail("interrupted")
+        interrupted()
 
 
 class Command(click.Command):
@@ -114,6 +163,7 @@ def main():
     unlearn suites     the evaluation suites, their data parts and settings
     unlearn audit      attack an unlearned model: how much of the forgotten material comes back?
     unlearn ledger     the chain of unlearning requests behind a run folder, every hash re-verified
+    unlearn sign       sign a finished run folder (Ed25519); unlearn keygen makes the key pair
     unlearn report     an HTML + Markdown report of one or several run folders (plots, tables, audit)
     """
 

@@ -11,7 +11,19 @@ from ..errors import UnlearnError
 from ..config import RunConfig
 from ..config import DataConfig
 from ..methods.selective_pruning import SelectivePruningConfig
-from .group import DEFAULTS, PCT, SP, choices, console_for, fraction, int_or_auto, key_values, main, set_if_given
+from .group import (
+    DEFAULTS,
+    PCT,
+    SP,
+    Number,
+    choices,
+    console_for,
+    fraction,
+    int_or_auto,
+    key_values,
+    main,
+    set_if_given,
+)
 
 
 @main.command()
@@ -66,15 +78,19 @@ from .group import DEFAULTS, PCT, SP, choices, console_for, fraction, int_or_aut
 )
 @click.option(
     "--ff-frac",
-    type=float,
+    type=Number.like(SelectivePruningConfig, "ff_frac"),
     help=f"Selective pruning: fraction of feed-forward neurons pruned per step (default {SP['ff_frac']}).",
 )
 @click.option(
     "--attn-frac",
-    type=float,
+    type=Number.like(SelectivePruningConfig, "attn_frac"),
     help=f"Selective pruning: fraction of attention neurons pruned per step (default {SP['attn_frac']}).",
 )
-@click.option("--steps", type=int, help=f"Pruning steps (the most, with a budget; default {SP['steps']}).")
+@click.option(
+    "--steps",
+    type=Number.like(SelectivePruningConfig, "steps"),
+    help=f"Pruning steps (the most, with a budget; default {SP['steps']}).",
+)
 @click.option(
     "--scope",
     type=choices(SelectivePruningConfig, "scope"),
@@ -116,28 +132,36 @@ from .group import DEFAULTS, PCT, SP, choices, console_for, fraction, int_or_aut
     type=click.Choice(DEVICE_MAPS),
     help="Spread a model bigger than one device over the GPUs, then CPU and disk (selective pruning, evaluation).",
 )
-@click.option("--seq-len", type=int, help=f"Tokens per chunk (default {DEFAULTS.seq_len}).")
 @click.option(
-    "--stats-tokens", type=int, help=f"Tokens per corpus for the method's statistics (default {DEFAULTS.stats_tokens})."
+    "--seq-len", type=Number.like(RunConfig, "seq_len"), help=f"Tokens per chunk (default {DEFAULTS.seq_len})."
+)
+@click.option(
+    "--stats-tokens",
+    type=Number.like(RunConfig, "stats_tokens"),
+    help=f"Tokens per corpus for the method's statistics (default {DEFAULTS.stats_tokens}).",
 )
 @click.option(
     "--eval-tokens",
-    type=int,
+    type=Number.like(RunConfig, "eval_tokens"),
     help=f"Held-out tokens per corpus for the reported metrics (default {DEFAULTS.eval_tokens}).",
 )
 @click.option(
     "--val-tokens",
-    type=int,
+    type=Number.like(RunConfig, "val_tokens"),
     help=f"Validation tokens per corpus that budgets and targets watch (default {DEFAULTS.val_tokens}).",
 )
 @click.option(
-    "--skip-k", type=int, help=f"Skip-k accuracy ignores the k most frequent tokens (default {DEFAULTS.skip_k})."
+    "--skip-k",
+    type=Number.like(RunConfig, "skip_k"),
+    help=f"Skip-k accuracy ignores the k most frequent tokens (default {DEFAULTS.skip_k}).",
 )
 @click.option(
     "--batch-size",
     help=f"Chunks per forward pass (default {DEFAULTS.batch_size}), or auto: the largest that fits in memory.",
 )
-@click.option("--seed", type=int, help=f"Seed for the choice of chunks (default {DEFAULTS.seed}).")
+@click.option(
+    "--seed", type=Number.like(RunConfig, "seed"), help=f"Seed for the choice of chunks (default {DEFAULTS.seed})."
+)
 @click.option("--out", "out_dir", help="Folder that receives run folders (default runs).")
 @click.option("--name", help="Run folder name (default: timestamp-method).")
 @click.option(
@@ -151,7 +175,14 @@ from .group import DEFAULTS, PCT, SP, choices, console_for, fraction, int_or_aut
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html / report.md (`unlearn report` can later).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars (warnings and errors still show).")
+@click.option(
+    "--sign",
+    metavar="KEY",
+    type=click.Path(),
+    help="Sign the finished run folder with this Ed25519 private key (`unlearn keygen`): `unlearn ledger --pubkey` "
+    "then detects any later edit, the newest manifest's included.",
+)
 @click.option(
     "--resume",
     metavar="RUN_DIR",
@@ -167,7 +198,9 @@ from .group import DEFAULTS, PCT, SP, choices, console_for, fraction, int_or_aut
     "same as `accelerate launch -m unlearn run ...`.",
 )
 @click.option(
-    "--num-processes", type=int, help="Processes for --launcher accelerate (default 2, or the accelerate config's)."
+    "--num-processes",
+    type=Number(int, ge=1),
+    help="Processes for --launcher accelerate (default 2, or the accelerate config's).",
 )
 @click.option(
     "--accelerate-config",
@@ -188,14 +221,16 @@ def run(**opts):
     if opts["resume"] is not None:
         if values or launcher != "none":
             raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
-        result = api.run(console=console, resume=opts["resume"])
+        result = api.run(console=console, resume=opts["resume"], sign=opts["sign"])
     elif launcher == "accelerate":
         n = n if n is not None else (None if accelerate_config else 2)
-        result = api.launch(values, num_processes=n, accelerate_config=accelerate_config, console=console)
+        result = api.launch(
+            values, num_processes=n, accelerate_config=accelerate_config, console=console, sign=opts["sign"]
+        )
     elif n is not None or accelerate_config is not None:
         raise UnlearnError("--num-processes and --accelerate-config need --launcher accelerate")
     else:
-        result = api.run(values, console=console)
+        result = api.run(values, console=console, sign=opts["sign"])
     if result.run_dir is None:  # a process other than 0 of a multi-process launch: process 0 reports
         return
     if opts["as_json"]:

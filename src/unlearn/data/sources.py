@@ -86,6 +86,8 @@ def _expand(src: str) -> list[Path]:
         return files
     if path.is_file():
         return [path]
+    if path.exists():  # a device, a pipe, a socket: reading one may never end
+        raise UnlearnError(f"{src} is not a regular file (a device, pipe or socket): give a file, folder or glob")
     raise UnlearnError(f"data not found: {src} (use a file, folder, glob, {', '.join(BUILTIN)} or hf:NAME)")
 
 
@@ -137,7 +139,13 @@ def _record_text(rec, fields, where: str) -> str:
         if field not in rec:
             raise missing_field(where, field, rec)
         value = rec[field]
-        parts.append(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        if not isinstance(value, str):
+            kind = "null" if value is None else type(value).__name__
+            raise UnlearnError(
+                f"{where}: field {field!r} is {kind}, not text: every record's text fields must be strings "
+                "(fix the record, or name another field with --forget-field/--retain-field)"
+            )
+        parts.append(value)
     return "\n".join(parts)
 
 

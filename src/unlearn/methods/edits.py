@@ -41,7 +41,7 @@ def _excluded(name: str, exclude: Iterable[str]) -> bool:
 class SSDConfig(BaseModel):
     """Parameters of Selective Synaptic Dampening (defaults: the paper and its reference code)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     selection_weighting: float = Field(
         10.0,

@@ -29,7 +29,7 @@ from .training import lora_spec
 
 
 class SelectivePruningConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     importance: Literal["freq", "abs", "rms", "std"] = Field(
         "rms", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"

@@ -29,7 +29,7 @@ from .registry import MethodResult
 class TrainConfig(BaseModel):
     """Settings of the shared training loop (every trained method has them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     steps: int = Field(20, ge=1, le=100_000, description="optimizer steps")
     lr: float = Field(1e-5, gt=0, lt=1, description="peak learning rate (AdamW)")
     batch_size: int = Field(4, ge=1, description="forget (and retain) chunks per micro-batch")

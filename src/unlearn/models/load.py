@@ -19,6 +19,14 @@ from pathlib import Path
 
 import torch
 
+from .load_errors import (
+    check_architecture,
+    check_config_json,
+    check_weight_files,
+    hub_error,
+    local_error,
+    tokenizer_error,
+)
 from ..errors import UnlearnError
 
 BUNDLED_ALIAS = "smollm2-135m"
@@ -226,24 +234,54 @@ def _cached_gguf(path: Path, log=None) -> Path:
 
 def resolve_source(spec: str, log=None) -> str:
     """Map what the user typed to a loadable directory or hub id (converting GGUF files on the way)."""
+    check_model_spec(spec)
     if spec == BUNDLED_ALIAS:
         return str(_cached_gguf(bundled_gguf(), log))
+    if spec.endswith(".gguf"):
+        return str(_cached_gguf(Path(spec).expanduser(), log))
+    path = Path(spec).expanduser()
+    return str(path) if path.is_dir() else spec  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
+
+
+def check_model_spec(spec: str, role: str = "model") -> None:
+    """Fail at once (no conversion, no download) when ``spec`` cannot name a model: a missing path, a folder
+    without config.json, a file other than .gguf, something no hub id looks like. ``role`` names it in the
+    message (e.g. ``--reference``)."""
+    if spec == BUNDLED_ALIAS:
+        return
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise UnlearnError(f"model file not found: {spec}")
-        return str(_cached_gguf(path, log))
+            raise UnlearnError(f"{role} file not found: {spec}")
+        return
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UnlearnError(f"model directory {spec} has no config.json: is it a Hugging Face checkpoint?")
-        return str(path)
+            raise UnlearnError(f"{role} directory {spec} has no config.json: is it a Hugging Face checkpoint?")
+        return
     if path.exists():
-        raise UnlearnError(f"model {spec!r} is a file: pass a checkpoint directory, a .gguf file or a hub id")
+        raise UnlearnError(f"{role} {spec!r} is a file: pass a checkpoint directory, a .gguf file or a hub id")
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not _HUB_ID.fullmatch(spec):
         raise UnlearnError(
-            f"model not found: {spec!r} is neither {BUNDLED_ALIAS}, an existing directory or .gguf file, nor a hub id"
+            f"{role} not found: {spec!r} is neither {BUNDLED_ALIAS}, an existing directory or .gguf file, nor a hub id"
         )
-    return spec  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
+
+
+def max_positions(model) -> int | None:
+    """The longest sequence the model's position embeddings cover, where its config says."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_seq_len(loaded: LoadedModel, seq_len: int, flag: str = "--seq-len") -> None:
+    """A chunk longer than the model's positions gives metrics of a model run out of its range: refused."""
+    n = max_positions(loaded.model)
+    if n is not None and seq_len > n:
+        raise UnlearnError(
+            f"{flag} {seq_len} is longer than model {loaded.spec!r} reads ({n} positions): use at most {n}"
+        )
 
 
 def quiet_transformers() -> None:
@@ -276,17 +314,18 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, d
     source = resolve_source(spec, log)
     local = Path(source).is_dir()
     if local:
-        _check_config_json(spec, Path(source))
-        _check_weight_files(spec, Path(source))
+        check_config_json(spec, Path(source))
+        check_weight_files(spec, Path(source))
+        check_architecture(spec, Path(source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:  # noqa: BLE001 - transformers, tokenizers and the hub client raise anything
-        raise (_tokenizer_error(spec, Path(source), exc) if local else _hub_error(spec, exc)) from exc
+        raise (tokenizer_error(spec, Path(source), exc) if local else hub_error(spec, exc)) from exc
     try:
         placed = {"device_map": device_map} if device_map else {}
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placed)
     except Exception as exc:  # noqa: BLE001 - transformers, safetensors and the hub client raise anything
-        raise (_local_error(spec, Path(source), exc) if local else _hub_error(spec, exc)) from exc
+        raise (local_error(spec, Path(source), exc) if local else hub_error(spec, exc)) from exc
     if device_map:  # already placed; inputs go where the embedding is
         device = str(model.get_input_embeddings().weight.device)
         model.eval()
@@ -294,149 +333,6 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, d
         model.to(device).eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, spec, source, dtype, device)
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    """The gist of an exception's message in one line: its first line, or, where that line only announces a
-    list (ends with ':'), the lines that follow too, up to ``limit`` characters."""
-    lines = [" ".join(line.split()) for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    text = " ".join(lines) if lines[0].endswith(":") else lines[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _chain(exc: BaseException | None) -> list[BaseException]:
-    """``exc`` and the exceptions behind it (``raise ... from``, or raised while handling them)."""
-    seen: list[BaseException] = []
-    while exc is not None and not any(exc is e for e in seen):
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return seen
-
-
-def _check_config_json(spec: str, directory: Path) -> None:
-    """config.json must be a JSON object (transformers' own errors for anything else are cryptic)."""
-    import json
-
-    path = directory / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UnlearnError(f"could not load model {spec!r}: cannot read {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise UnlearnError(f"could not load model {spec!r}: {path} is not valid JSON ({_first_line(exc)})") from exc
-    if not isinstance(config, dict):
-        raise UnlearnError(
-            f"could not load model {spec!r}: {path} must hold a JSON object of settings, not {type(config).__name__}"
-        )
-
-
-def _check_weight_files(spec: str, directory: Path) -> None:
-    """Read the header of every safetensors file: a truncated or corrupt one is named before transformers fails
-    on it with a message that names no file."""
-    from safetensors import safe_open
-
-    for path in sorted(directory.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), "pt"):
-                pass
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
-            raise UnlearnError(
-                f"could not load model {spec!r}: weights file {path.name} is damaged or incomplete "
-                f"({_first_line(exc)}): copy or download it again"
-            ) from exc
-
-
-def _shape_mismatch(directory: Path) -> str:
-    """The first tensor whose shape in the weight files differs from the one config.json implies ("" if none
-    is found)."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(directory))
-        expected = {name: list(t.shape) for name, t in model.state_dict().items()}
-        for path in sorted(directory.glob("*.safetensors")):
-            with safe_open(str(path), "pt") as fh:
-                for name in fh.keys():
-                    shape = list(fh.get_slice(name).get_shape())
-                    if name in expected and expected[name] != shape:
-                        return f"{name} is {shape} in {path.name}, config.json implies {expected[name]}"
-    except Exception:  # noqa: BLE001 - only a detail of the message
-        return ""
-    return ""
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spm.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
-
-
-def _tokenizer_error(spec: str, directory: Path, exc: BaseException) -> UnlearnError:
-    """One line for a checkpoint folder whose tokenizer cannot be loaded (most often: it has none)."""
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        return UnlearnError(
-            f"could not load model {spec!r}: it has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy "
-            "the tokenizer files of the model it was trained from into it"
-        )
-    return UnlearnError(f"could not load the tokenizer of model {spec!r}: {_first_line(exc)}")
-
-
-def _local_error(spec: str, directory: Path, exc: BaseException) -> UnlearnError:
-    """One line for a checkpoint folder that transformers cannot load."""
-    if isinstance(exc, RuntimeError) and ("mismatched_sizes" in str(exc) or "size mismatch" in str(exc)):
-        detail = _shape_mismatch(directory)
-        return UnlearnError(
-            f"could not load model {spec!r}: its weights do not have the shapes its config.json gives"
-            f"{f' ({detail})' if detail else ''}: was config.json edited, or do the weights belong to another model?"
-        )
-    return UnlearnError(f"could not load model {spec!r}: {_first_line(exc)}")
-
-
-def _hub_error(spec: str, exc: BaseException) -> UnlearnError:
-    """One line for a hub id that could not be loaded: not found, gated, offline without a cache, or a download
-    that failed part-way — each with what to do about it."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-    from huggingface_hub.utils import httpx
-
-    chain = _chain(exc)
-
-    def found(*types):
-        return next((e for e in chain if isinstance(e, types)), None)
-
-    local = "or pass a local checkpoint folder"
-    if found(GatedRepoError):
-        return UnlearnError(
-            f"model {spec!r} is gated on the Hugging Face hub: accept its terms at https://huggingface.co/{spec} "
-            f"and log in with `hf auth login`, {local}"
-        )
-    if found(RepositoryNotFoundError):
-        return UnlearnError(
-            f"model {spec!r} not found on the Hugging Face hub: check the id (a private model needs "
-            f"`hf auth login`), {local}"
-        )
-    if constants.HF_HUB_OFFLINE and found(LocalEntryNotFoundError, ConnectionError):
-        return UnlearnError(
-            f"model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
-            f"unset HF_HUB_OFFLINE to download it (or fetch it with `hf download {spec}`), {local}"
-        )
-    network = next(  # the root cause: the last one in the chain (later attempts may fail differently)
-        (
-            e
-            for e in reversed(chain)
-            if isinstance(e, (httpx.TransportError, LocalEntryNotFoundError, ConnectionError, TimeoutError))
-            or "Consistency check failed" in str(e)  # a file that arrived incomplete
-        ),
-        None,
-    )
-    if network is not None:
-        return UnlearnError(
-            f"could not download model {spec!r} from the Hugging Face hub: the download failed or was interrupted "
-            f"({type(network).__name__}: {_first_line(network)}): check the network connection and run the "
-            f"command again (finished files are cached and a partial one resumes), {local}"
-        )
-    return UnlearnError(f"could not load model {spec!r}: {_first_line(exc)}")
 
 
 def state_dict_hash(model: torch.nn.Module) -> str:

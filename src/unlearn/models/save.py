@@ -9,13 +9,17 @@ loads the result and computes exactly what the hooked model computed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import UnlearnError, from_os_error
+from ..errors import DiskFull, UnlearnError, from_os_error
 from .adapters import Adapter, has_bias, weight_columns
 from .hooks import Ablation
 
@@ -83,17 +87,81 @@ def fold(model: nn.Module, adapter: Adapter, ablation: Ablation) -> nn.Module:
 
 
 def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
-    """``save_pretrained`` model and tokenizer; return sha256 of every file written."""
+    """``save_pretrained`` model and tokenizer; return sha256 of every file written. A disk too full for the
+    weights is refused before the first byte; one that fills up while writing is reported with the path and the
+    bytes needed (the caller removes the half-written folder)."""
     from .load import quiet_transformers
 
     quiet_transformers()  # no "Writing model shards" bar between our own progress lines
+    needed = model_bytes(model)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        check_space(path, needed, f"writing the model to {path}")
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
-    except OSError as exc:  # a full disk above all: the caller removes the half-written folder
+    except OSError as exc:  # a full disk above all
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, needed) from exc
         raise from_os_error(exc, f"writing the model to {path}") from exc
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            raise _no_space(path, needed) from exc
+        raise
     return {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's weights as saved (each shared tensor once)."""
+    seen, total = set(), 0
+    for t in model.state_dict().values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), t.numel()) if t.device.type != "meta" else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or would: its nearest existing ancestor)."""
+    base = Path(path).absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    return shutil.disk_usage(base).free
+
+
+def check_space(path: Path, needed: int, doing: str) -> None:
+    """:class:`UnlearnError` when the filesystem of ``path`` has less than ``needed`` bytes (+1 %, +16 MB) free."""
+    free = free_bytes(path)
+    if free < needed * 1.01 + 16e6:
+        raise DiskFull(
+            f"not enough disk space for {doing}: it needs about {_mb(needed)}, {_mb(free)} free; free some space "
+            "or write elsewhere"
+        )
+
+
+def _no_space(path: Path, needed: int) -> DiskFull:
+    return DiskFull(
+        f"no space left on device while writing the model to {path}: it needs about {_mb(needed)}, "
+        f"{_mb(free_bytes(path))} free; free some space or write elsewhere"
+    )
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail before any work when nothing can be created at ``path``: its nearest existing ancestor must be a
+    folder that takes a new entry (tried, then removed; permission bits say little to root or on /proc)."""
+    base = Path(path).absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UnlearnError(f"{flag} {path}: {base} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".unlearn-write-check-", dir=base))
+    except OSError as exc:
+        raise UnlearnError(f"{flag} {path}: cannot write in {base} ({exc.strerror}): choose another folder") from exc
 
 
 def file_sha256(path: str | Path) -> str:

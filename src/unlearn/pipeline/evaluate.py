@@ -8,7 +8,7 @@ from ..config import DataConfig, RunConfig
 from ..data.chunking import build_corpus
 from ..errors import UnlearnError
 from ..eval.metrics import evaluate_split
-from ..models.load import LoadedModel, load_model, state_dict_hash
+from ..models.load import LoadedModel, check_model_spec, check_seq_len, load_model, state_dict_hash
 from ..progress import Reporter
 from ..runs.folder import MANIFEST, is_run_folder
 from ..pipeline.corpora import check_data_exists
@@ -39,6 +39,7 @@ def evaluate(
         check_data_exists(d)
     with reporter.stage(f"loading model {model}"):
         loaded = load_model(model, dtype, device, log=reporter.log)
+    check_seq_len(loaded, seq_len)
     out = {}
     for d in specs:
         corpus = build_corpus(
@@ -71,6 +72,14 @@ def _original_of(run_dir: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return m.get("spec") if m.get("spec") == "smollm2-135m" else m.get("source") or m.get("spec")
+
+
+def _check_models(reference: str | None, original: str | None) -> None:
+    """The reference and original models exist (or look like hub ids): named now, not after the evaluation that
+    needs them (a saved ``eval/<suite>.json`` is checked when it is read, also before any evaluation)."""
+    for spec, flag in ((reference, "--reference"), (original, "--original")):
+        if spec and not spec.endswith(".json"):
+            check_model_spec(spec, flag)
 
 
 def evaluate_suite(
@@ -117,6 +126,7 @@ def evaluate_suite(
         raise UnlearnError(f"output folder {out_dir} is a file: choose another --out")
     if original is None and run_dir is not None and "original" in s.uses:
         original = _original_of(run_dir)
+    _check_models(reference, original)
 
     def load(spec: str) -> LoadedModel:
         with reporter.stage(f"loading model {spec}"):

@@ -11,6 +11,7 @@ from .. import distributed
 from ..config import RunConfig
 from ..errors import UnlearnError
 from ..runs.folder import MANIFEST, RunFolder
+from ..runs.signing import load_private_key, sign as sign_folder
 from ..pipeline.run import RunResult
 from ..pipeline.validate import coerce_config, validated_config
 
@@ -21,6 +22,7 @@ def launch(
     num_processes: int | None = 2,
     accelerate_config: str | Path | None = None,
     console=None,
+    sign: str | Path | None = None,
 ) -> RunResult:
     """:func:`run` data parallel in ``num_processes`` processes started by ``accelerate launch``.
 
@@ -28,13 +30,15 @@ def launch(
     as a YAML file. Selective-pruning statistics and evaluations are split by batch across the processes and
     their sums added, so the result equals a single-process run; trained methods train with DDP, or FSDP /
     DeepSpeed as ``accelerate_config`` (an ``accelerate config`` file; see ``configs/accelerate/``) says. On
-    CPUs the processes talk over gloo. Returns the run written by process 0.
+    CPUs the processes talk over gloo. ``sign``: an Ed25519 private key file that signs the finished folder.
+    Returns the run written by process 0.
     """
     import sys
 
     import yaml
 
     cfg, _parent, method, _mc = validated_config(config)
+    key = load_private_key(sign) if sign is not None else None
     if num_processes is not None and num_processes < 1:
         raise UnlearnError(f"--num-processes must be at least 1, got {num_processes}")
     if accelerate_config is not None:
@@ -67,6 +71,8 @@ def launch(
         raise UnlearnError(f"the launched run failed (exit code {code}): its processes' messages are above")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     manifest = json.loads((run_dir / MANIFEST).read_text(encoding="utf-8"))
+    if key is not None:
+        sign_folder(run_dir, key)
     return RunResult(run_dir, metrics, manifest, coerce_config(run_dir / "config.yaml"))
 
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from ..config import DataConfig, parse_config
 from ..data.chunking import build_corpus
-from ..errors import UnlearnError, from_os_error
-from ..models.load import load_model, state_dict_hash
-from ..models.save import save_checkpoint
+from ..errors import DiskFull, UnlearnError, from_os_error
+from ..models.load import check_seq_len, load_model, state_dict_hash
+from ..models.save import check_space, check_writable, model_bytes, save_checkpoint
 from ..progress import Reporter
 from ..pipeline.corpora import check_data_exists, detect_format, qa_corpus_for
 from ..runs.manifest import versions
@@ -52,6 +52,7 @@ def learn(
     out = Path(out)
     if out.exists():
         raise UnlearnError(f"output folder {out} already exists: choose another --out")
+    check_writable(out, "--out")
     fmt = detect_format(data) if format == "auto" else format
     if fmt not in ("text", "qa"):
         raise UnlearnError(f"unknown data format {format!r}: use auto, text or qa")
@@ -64,6 +65,8 @@ def learn(
     reporter = Reporter(console)
     with reporter.stage(f"loading model {model}"):
         loaded = load_model(model, dtype, device, log=reporter.log)
+    check_seq_len(loaded, seq_len)
+    check_space(out.parent, model_bytes(loaded.model), f"the fine-tuned model in {out}")
     before = state_dict_hash(loaded.model)
     if fmt == "qa":  # every record: a budget no QA file reaches
         corpus = qa_corpus_for("data", spec, loaded.tokenizer, cfg.model_copy(update={"stats_tokens": 10**9}))
@@ -103,7 +106,11 @@ def _save(out: Path, result, tokenizer, record: dict, t0: float) -> None:
         os.rename(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise from_os_error(exc, "writing the fine-tuned model") from exc
+        error = from_os_error(exc, "writing the fine-tuned model")
+        raise type(error)(f"{error} (the unfinished output was removed: run again)") from exc
+    except DiskFull as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(f"{exc} (the unfinished output was removed: run again)") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,11 +13,11 @@ import torch
 from .. import distributed
 from ..version import __version__
 from ..config import RunConfig
-from ..errors import UnlearnError, from_os_error
+from ..errors import DiskFull, UnlearnError, from_os_error
 from ..models.adapters import adapter_for
 from ..models.hooks import Ablation
-from ..models.load import LoadedModel, load_model, state_dict_hash
-from ..models.save import check_foldable, fold, save_checkpoint
+from ..models.load import LoadedModel, check_seq_len, load_model, state_dict_hash
+from ..models.save import check_foldable, check_space, fold, model_bytes, save_checkpoint
 from ..progress import Reporter
 from ..runs.folder import MANIFEST, RunFolder, find_interrupted
 from ..methods.context import MethodContext, drops
@@ -26,6 +26,7 @@ from ..pipeline.evaluate import evaluate_suite
 from ..pipeline.sequential import earlier_entries, earlier_requests, measure_earlier
 from ..pipeline.validate import check_parent_model, validated_config
 from ..runs.manifest import run_file_hashes, versions
+from ..runs.signing import load_private_key, sign as sign_folder
 
 
 HEADLINE = ("top1", "top10", "loss")
@@ -83,7 +84,11 @@ def announce_long_run(ctx: MethodContext, method_cfg, baseline_seconds: float) -
 
 
 def run(
-    config: RunConfig | dict | str | Path | None = None, *, console=None, resume: str | Path | None = None
+    config: RunConfig | dict | str | Path | None = None,
+    *,
+    console=None,
+    resume: str | Path | None = None,
+    sign: str | Path | None = None,
 ) -> RunResult:
     """Unlearn the forget corpus from a model with the configured method; write and return the run.
 
@@ -92,7 +97,8 @@ def run(
     leaves nothing in ``out_dir``. The run is built in ``out_dir/.NAME.incomplete`` and renamed to
     ``out_dir/NAME`` when complete; an interrupted run (Ctrl-C, a crash, ``kill -9``) leaves that work folder
     with the method's last checkpoint, and ``resume="out_dir/NAME"`` (with no ``config``) continues it: the
-    result equals an uninterrupted run's.
+    result equals an uninterrupted run's. ``sign``: an Ed25519 private key file (``unlearn keygen``); the
+    finished folder, report included, is signed with it (``signature.json``).
     """
     t0 = time.perf_counter()
     work = None
@@ -102,6 +108,7 @@ def run(
         work = find_interrupted(resume)
         config = work / "config.yaml"
     cfg, parent, method, method_cfg = validated_config(config, resuming=work is not None)
+    key = load_private_key(sign) if sign is not None else None  # a bad key fails before any work
     reporter = Reporter(console)
     folder = RunFolder(cfg.out_dir, cfg.name, method.name)
     main = distributed.is_main()  # only process 0 writes the run folder
@@ -109,20 +116,38 @@ def run(
         folder.resume(work)
     elif main:
         folder.start(cfg.model_dump())
+    fresh = main and work is None  # a failed fresh run leaves nothing; a resumed one keeps its work folder
     try:
-        return _run(cfg, parent, method, method_cfg, folder, reporter, t0)
+        result = _run(cfg, parent, method, method_cfg, folder, reporter, t0)
     except KeyboardInterrupt:
         if main and folder.tmp is not None:
-            reporter.log(f"interrupted: continue with `{folder.resume_hint}`")
+            reporter.warn(f"interrupted: continue with `{folder.resume_hint}`")
         raise
     except OSError as exc:  # e.g. the disk is full: nothing half-written stays
-        if main:
+        if fresh:
             folder.discard()
-        raise from_os_error(exc, "writing the run folder") from exc
+        error = from_os_error(exc, "writing the run folder")
+        raise type(error)(f"{error}{_fate(folder, main, fresh)}") from exc
+    except DiskFull as exc:
+        if fresh:
+            folder.discard()
+        raise DiskFull(f"{exc}{_fate(folder, main, fresh)}") from exc
     except Exception:
-        if main:
+        if fresh:
             folder.discard()
         raise
+    if key is not None and result.run_dir is not None:
+        sign_folder(result.run_dir, key)
+    return result
+
+
+def _fate(folder: RunFolder, main: bool, fresh: bool) -> str:
+    """What became of the work folder after a failed write: said, so that no one looks for it in vain."""
+    if not main or folder.tmp is None:
+        return ""
+    if fresh:
+        return f" (the unfinished run folder {folder.tmp} was removed: run again)"
+    return f" (the work folder {folder.tmp} is kept: continue with `{folder.resume_hint}`)"
 
 
 @dataclass
@@ -176,7 +201,7 @@ def _run(cfg, parent, method, method_cfg, folder: RunFolder, reporter: Reporter,
         try:
             write_report(folder.final)
         except Exception as exc:  # noqa: BLE001
-            reporter.log(f"warning: report not written ({exc}); rebuild it with `unlearn report {folder.final}`")
+            reporter.warn(f"warning: report not written ({exc}); rebuild it with `unlearn report {folder.final}`")
     return RunResult(folder.final, metrics, manifest, state.cfg)
 
 
@@ -197,6 +222,9 @@ def _prepare(state: _State, device) -> None:
         method_cfg = state.method_cfg
         if getattr(method_cfg, "ablation", None) == "mean":
             check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
+    check_seq_len(loaded, cfg.seq_len)
+    if cfg.save_model and state.main:  # the disk must hold the unlearned model: known now, not after the work
+        check_space(folder.tmp or Path(cfg.out_dir), model_bytes(loaded.model), f"the unlearned model in {cfg.out_dir}")
     model_hash = state_dict_hash(loaded.model)
     check_parent_model(state.parent, model_hash)
     with state.timed("data"):

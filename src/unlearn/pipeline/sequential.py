@@ -63,7 +63,7 @@ def earlier_requests(parent: dict | None, tokenizer, reporter: Reporter) -> list
             item.update(_earlier_request(link, tokenizer, reporter))
         except (UnlearnError, OSError) as exc:
             entry["error"] = " ".join(str(exc).split())
-            reporter.log(f"warning: earlier request {link.name} not measured: {entry['error']}")
+            reporter.warn(f"warning: earlier request {link.name} not measured: {entry['error']}")
         out.append(item)
     return out
 

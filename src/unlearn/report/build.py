@@ -44,12 +44,24 @@ def build(runs: list[Run]) -> Document:
 
 
 def _run_part(run: Run) -> RunPart:
-    sections = []
+    sections = [_problems(run)] if run.problems else []
     for make in (_metrics, _tradeoff, _training, _pruned, _suites, audit_section, earlier_section, manifest_section):
         section = make(run)
         if section is not None and section.blocks:
             sections.append(section)
     return RunPart(run, sections, _header(run))
+
+
+def _problems(run: Run) -> Section:
+    """The malformed values of a report rendered without verification: the reader sees them before any number."""
+    sec = Section("Problems in this run's records", sid(run, "problems"))
+    sec.blocks.append(Para("The values below are malformed: the figures that use them cannot be trusted.", cls="warn"))
+    t = Table(["file and value", "problem"], name="problems")
+    for i, p in enumerate(run.problems):
+        where, _, what = p.rpartition(": ")
+        t.add(f"problem.{i}", [Cell(where, run=run.index, code=True), Cell(what, run=run.index, cls="warn")])
+    sec.blocks.append(t)
+    return sec
 
 
 def _header(run: Run) -> list[tuple[str, Cell]]:

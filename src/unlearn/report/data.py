@@ -60,6 +60,7 @@ class Run:
     audit: dict | None
     config_text: str | None
     config: dict
+    problems: list[str] = field(default_factory=list)  # malformed values, shown when rendered without verifying
 
     @property
     def name(self) -> str:

@@ -43,7 +43,7 @@ table[data-table="comparison"] td { white-space: nowrap; }
 table[data-table="audit"] td:nth-child(-n+2), table[data-table="earlier"] td:first-child { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.high { background: var(--high); font-weight: 600; }
-td.warn { background: var(--warn); }
+td.warn, p.warn { background: var(--warn); }
 code { font: 0.9em ui-monospace, "DejaVu Sans Mono", monospace; overflow-wrap: anywhere; }
 pre { background: var(--head); border: 1px solid var(--line); padding: 8px 10px; overflow-x: auto;
       font: 0.85em/1.35 ui-monospace, "DejaVu Sans Mono", monospace; }
@@ -194,17 +194,22 @@ def _write_files(out_dir: Path, files: dict[str, str]) -> dict[str, Path]:
     return {name: out_dir / name for name in files}
 
 
-def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = None) -> dict[str, Path]:
+def report(
+    run_dirs: list[str | Path] | str | Path, out: str | Path | None = None, *, verify: bool = True
+) -> dict[str, Path]:
     """Write ``report.html`` and ``report.md`` for one or several finished run folders.
 
     One run: into the run folder itself; several: into ``reports/<timestamp>/`` (under the current folder) with a
     comparison table and overlaid trade-off curves; ``out`` overrides either. Every run folder is read and the
     whole report rendered before anything is written, and both files are written to temporary names and moved
     into place, so bad input leaves no report behind. Raises :class:`UnlearnError` (one line naming the file)
-    for a missing folder, a missing ``metrics.json`` / ``manifest.json`` or malformed JSON. Returns
-    ``{"html": path, "md": path}``.
+    for a missing folder, a missing ``metrics.json`` / ``manifest.json`` or malformed JSON. With ``verify`` (the
+    default) each folder's files must also hash as its manifest records and hold well-formed values (finite
+    numbers, the metrics a report reads); without it the report is rendered anyway, the problems listed at the
+    top of each run's part. Returns ``{"html": path, "md": path}``.
     """
     from .build import build
+    from .checks import malformed
     from .markdown import render_markdown
 
     if isinstance(run_dirs, (str, Path)):
@@ -213,6 +218,18 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = Non
     if not run_dirs:
         raise UnlearnError("no run folder given: pass at least one RUN_DIR")
     runs = [load_run(p, i) for i, p in enumerate(run_dirs)]
+    for run in runs:
+        run.problems = malformed(run)
+        if verify:
+            from ..runs.ledger import require_intact
+
+            require_intact(run.path)
+            if run.problems:
+                more = f" (and {len(run.problems) - 1} more)" if len(run.problems) > 1 else ""
+                raise UnlearnError(
+                    f"{run.problems[0]}{more}: the run's records are malformed; --no-verify renders them anyway, "
+                    "the problems listed in the report"
+                )
     out_dir = Path(out) if out is not None else runs[0].path if len(runs) == 1 else _default_out()
     doc = build(runs)
     written = _write_files(out_dir, {"report.html": render_html(doc), "report.md": render_markdown(doc)})
@@ -220,5 +237,6 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path | None = Non
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
-    """``report.html`` and ``report.md`` of one finished run folder, written into that folder."""
-    return report([run_dir], out=run_dir)
+    """``report.html`` and ``report.md`` of one finished run folder, written into that folder by the command that
+    just wrote or checked it (a run, an audit): not verified again."""
+    return report([run_dir], out=run_dir, verify=False)

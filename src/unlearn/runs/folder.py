@@ -22,8 +22,10 @@ from ..errors import UnlearnError
 
 MANIFEST = "manifest.json"  # written last: a folder with it (and its config) is a complete run
 CONFIG = "config.yaml"
+SIGNATURE = "signature.json"  # unlearn sign: every file of the finished folder, signed
 SUFFIX = ".incomplete"
 CHECKPOINT = "checkpoint"
+CONFIG_HASH = "config.sha256"  # beside the checkpoint: the config it was made under
 
 
 def work_dir(out_dir: Path, name: str) -> Path:
@@ -102,12 +104,25 @@ class RunFolder:
         self.write_yaml("config.yaml", {**config, "name": self.name})
 
     def resume(self, work: Path) -> None:
-        """Continue in the work folder of an interrupted run."""
+        """Continue in the work folder of an interrupted run, if its config is still the one its checkpoint was
+        made under."""
         self.tmp, self.out_dir = work, work.parent
         self.name = work.name[1 : -len(SUFFIX)]
         self.explicit = True
         if (self.out_dir / self.name).exists():
             raise UnlearnError(f"run folder {self.out_dir / self.name} already exists: cannot finish {work} there")
+        recorded = work / CHECKPOINT / CONFIG_HASH
+        if recorded.is_file() and recorded.read_text(encoding="utf-8").strip() != self._config_sha256():
+            raise UnlearnError(
+                f"{work / CONFIG} changed after the run was interrupted: its checkpoint was made under the config as "
+                f"it was, and resuming would mix the two. Restore it, or delete {work} and start over (nothing "
+                "was changed)"
+            )
+
+    def _config_sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.path(CONFIG).read_bytes()).hexdigest()
 
     @property
     def resume_hint(self) -> str:
@@ -124,6 +139,7 @@ class RunFolder:
             return
         folder = self.tmp / CHECKPOINT
         folder.mkdir(exist_ok=True)
+        (folder / CONFIG_HASH).write_text(self._config_sha256() + "\n", encoding="utf-8")
         part = folder / "state.pt.part"
         torch.save(state, part)
         os.replace(part, folder / "state.pt")
@@ -135,8 +151,10 @@ class RunFolder:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - a damaged file: say which
-            message = f"checkpoint {path} cannot be read ({type(exc).__name__}): delete it to start over"
-            raise UnlearnError(message) from exc
+            raise UnlearnError(
+                f"checkpoint {path} cannot be read ({type(exc).__name__}); the work folder is kept as it was: delete "
+                f"{path.parent} to restart the method from its first step, or {self.tmp} to start over"
+            ) from exc
 
     def __enter__(self) -> RunFolder:
         if self.tmp is None:

@@ -98,6 +98,20 @@ def verify_run(run_dir: Path, manifest: dict) -> list[str]:
     return check_model_files(run_dir, manifest) + check_run_files(run_dir, manifest)
 
 
+def require_intact(run_dir: Path, what: str = "run folder") -> dict:
+    """The manifest of ``run_dir`` once every file it lists hashes as recorded; :class:`UnlearnError` naming the
+    first file that does not (the commands that read a run folder check it first, unless ``--no-verify``)."""
+    manifest, _ = read_manifest(run_dir, what)
+    problems = verify_run(run_dir, manifest)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UnlearnError(
+            f"{what} {run_dir} does not match its manifest: {problems[0]}{more}; `unlearn ledger` lists every "
+            "problem, --no-verify goes on anyway"
+        )
+    return manifest
+
+
 @dataclass
 class Link:
     """One run of a chain. ``record`` is what its child recorded about it (None for the run the walk started
@@ -225,23 +239,51 @@ def _link_problems(child: Link, parent: Link) -> list[str]:
     return problems
 
 
-def ledger(run_dir: str | Path) -> dict:
+def ledger(run_dir: str | Path, pubkey: str | Path | None = None) -> dict:
     """The chain of unlearning requests behind ``run_dir`` (root first), each re-verified.
 
     Checks every saved model file and the run folder's own files against each manifest, each child's
     ``parent.manifest_sha256`` against its parent's manifest bytes and each child's model ``sha256_before``
-    against its parent's ``sha256_after``. Returns ``{"run_dir", "requests", "verified", "problems"}``; each
-    request has its own ``problems`` and ``verified``. Raises :class:`UnlearnError` if ``run_dir`` is not a
-    run folder.
+    against its parent's ``sha256_after``. With ``pubkey`` (an Ed25519 public key file) it also checks every
+    request's signature (:mod:`unlearn.runs.signing`): the only check that covers the newest manifest, the head.
+    Returns ``{"run_dir", "requests", "verified", "problems", "head", "signatures_checked"}``; each request has
+    its own ``problems``, ``verified`` and ``signature`` (``verified``, ``failed``, ``signed, not checked`` or
+    ``unsigned``); ``head`` names the newest request, its manifest sha256 and whether it is signed. Raises
+    :class:`UnlearnError` if ``run_dir`` is not a run folder or ``pubkey`` is not a public key.
     """
+    from .signing import load_public_key, read_signature, verify
+
+    public = load_public_key(pubkey) if pubkey is not None else None
     chain = walk(run_dir)
     found = [link for link in chain if link.manifest is not None]
     per_run: dict[int, list[str]] = {}
+    signatures: dict[int, str] = {}
     for i, link in enumerate(found):
         per_run[i] = verify_run(link.run_dir, link.manifest)
+        record, problem = read_signature(link.run_dir)
+        if public is not None:
+            failed = verify(link.run_dir, public)
+            per_run[i] += failed
+            signatures[i] = "failed" if failed else "verified"
+        else:
+            signatures[i] = "unsigned" if record is None and problem is None else "signed, not checked"
     for i, link in enumerate(chain[:-1]):  # a link's problems are reported on the child that recorded it
         per_run.setdefault(i, []).extend(_link_problems(link, chain[i + 1]))
-    requests = [_entry(link, per_run.get(i, [])) for i, link in enumerate(found)]
+    requests = [{**_entry(link, per_run.get(i, [])), "signature": signatures[i]} for i, link in enumerate(found)]
     requests.reverse()
     problems = [p for entry in requests for p in entry["problems"]]
-    return {"run_dir": str(run_dir), "requests": requests, "verified": not problems, "problems": problems}
+    head = found[0]
+    record, _ = read_signature(head.run_dir)
+    return {
+        "run_dir": str(run_dir),
+        "requests": requests,
+        "verified": not problems,
+        "problems": problems,
+        "signatures_checked": public is not None,
+        "head": {
+            "run": head.name,
+            "manifest_sha256": sha256_bytes(head.raw),
+            "signed": record is not None,
+            "key_id": record["key_id"] if record else None,
+        },
+    }

@@ -19,7 +19,7 @@ from ..store import ResultStore, file_sha256, fingerprint
 class SuiteConfig(BaseModel):
     """Settings every suite has."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     limit: int | None = Field(None, ge=1, description="evaluate only the first N records of each part")
     template: str = Field(
         "auto", description="question prompts: auto (chat template when the tokenizer has one), chat, plain"

@@ -220,3 +220,24 @@ def test_report_refuses_malformed_values_and_shows_them_without_verification(run
         "a text, not a number",
     ):
         assert needle in md
+
+
+def test_run_from_verifies_the_parent_unless_told_not_to(run_tiny):
+    a = run_tiny("a", "selective-pruning", SP)
+    metrics = a.run_dir / "metrics.json"
+    metrics.write_text(metrics.read_text(encoding="utf-8").replace('"before"', '"before" ', 1), encoding="utf-8")
+    with pytest.raises(UnlearnError, match=r"metrics.json: sha256 does not match.*--no-verify"):
+        run_tiny("b", "selective-pruning", SP, from_run=str(a.run_dir), model=str(a.run_dir / "model"))
+    b = unlearn.run({**_request_on(a), "name": "b"}, verify=False)  # built on it all the same; the chain says so
+    assert b.manifest["parent"]["verified"] is False
+    problems = unlearn.ledger(b.run_dir)["problems"]
+    assert any(str(metrics) in p for p in problems)
+
+
+def _request_on(parent) -> dict:
+    """The parent's own settings, for a request on top of its model."""
+    import yaml
+
+    cfg = yaml.safe_load((parent.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    cfg.pop("name")
+    return {**cfg, "from_run": str(parent.run_dir), "model": str(parent.run_dir / "model")}

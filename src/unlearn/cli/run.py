@@ -177,6 +177,12 @@ from .group import (
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress bars (warnings and errors still show).")
 @click.option(
+    "--no-verify",
+    is_flag=True,
+    help="With --from: build on the parent run even if its files no longer match its manifest (the new manifest "
+    "records that the parent was not verified).",
+)
+@click.option(
     "--sign",
     metavar="KEY",
     type=click.Path(),
@@ -221,16 +227,21 @@ def run(**opts):
     if opts["resume"] is not None:
         if values or launcher != "none":
             raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
-        result = api.run(console=console, resume=opts["resume"], sign=opts["sign"])
+        result = api.run(console=console, resume=opts["resume"], sign=opts["sign"], verify=not opts["no_verify"])
     elif launcher == "accelerate":
         n = n if n is not None else (None if accelerate_config else 2)
         result = api.launch(
-            values, num_processes=n, accelerate_config=accelerate_config, console=console, sign=opts["sign"]
+            values,
+            num_processes=n,
+            accelerate_config=accelerate_config,
+            console=console,
+            sign=opts["sign"],
+            verify=not opts["no_verify"],
         )
     elif n is not None or accelerate_config is not None:
         raise UnlearnError("--num-processes and --accelerate-config need --launcher accelerate")
     else:
-        result = api.run(values, console=console, sign=opts["sign"])
+        result = api.run(values, console=console, sign=opts["sign"], verify=not opts["no_verify"])
     if result.run_dir is None:  # a process other than 0 of a multi-process launch: process 0 reports
         return
     if opts["as_json"]:

@@ -23,6 +23,7 @@ def launch(
     accelerate_config: str | Path | None = None,
     console=None,
     sign: str | Path | None = None,
+    verify: bool = True,
 ) -> RunResult:
     """:func:`run` data parallel in ``num_processes`` processes started by ``accelerate launch``.
 
@@ -30,14 +31,14 @@ def launch(
     as a YAML file. Selective-pruning statistics and evaluations are split by batch across the processes and
     their sums added, so the result equals a single-process run; trained methods train with DDP, or FSDP /
     DeepSpeed as ``accelerate_config`` (an ``accelerate config`` file; see ``configs/accelerate/``) says. On
-    CPUs the processes talk over gloo. ``sign``: an Ed25519 private key file that signs the finished folder.
-    Returns the run written by process 0.
+    CPUs the processes talk over gloo. ``sign``: an Ed25519 private key file that signs the finished folder;
+    ``verify``: as for :func:`run`. Returns the run written by process 0.
     """
     import sys
 
     import yaml
 
-    cfg, _parent, method, _mc = validated_config(config)
+    cfg, _parent, method, _mc = validated_config(config, verify=verify)
     key = load_private_key(sign) if sign is not None else None
     if num_processes is not None and num_processes < 1:
         raise UnlearnError(f"--num-processes must be at least 1, got {num_processes}")
@@ -60,6 +61,7 @@ def launch(
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False), encoding="utf-8")
         cmd += ["-m", "unlearn", "run", "--config", str(config_file)] + ([] if console else ["--quiet"])
+        cmd += [] if verify else ["--no-verify"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if console is not None and console.is_terminal:
             env["UNLEARN_FORCE_TERMINAL"] = "1"

@@ -89,6 +89,7 @@ def run(
     console=None,
     resume: str | Path | None = None,
     sign: str | Path | None = None,
+    verify: bool = True,
 ) -> RunResult:
     """Unlearn the forget corpus from a model with the configured method; write and return the run.
 
@@ -98,7 +99,8 @@ def run(
     ``out_dir/NAME`` when complete; an interrupted run (Ctrl-C, a crash, ``kill -9``) leaves that work folder
     with the method's last checkpoint, and ``resume="out_dir/NAME"`` (with no ``config``) continues it: the
     result equals an uninterrupted run's. ``sign``: an Ed25519 private key file (``unlearn keygen``); the
-    finished folder, report included, is signed with it (``signature.json``).
+    finished folder, report included, is signed with it (``signature.json``). ``verify=False`` builds on a
+    ``from_run`` parent whose files no longer match its manifest (the new manifest's ``parent`` says so).
     """
     t0 = time.perf_counter()
     work = None
@@ -107,7 +109,7 @@ def run(
             raise UnlearnError("--resume continues a run with its own saved config: give no other settings")
         work = find_interrupted(resume)
         config = work / "config.yaml"
-    cfg, parent, method, method_cfg = validated_config(config, resuming=work is not None)
+    cfg, parent, method, method_cfg = validated_config(config, resuming=work is not None, verify=verify)
     key = load_private_key(sign) if sign is not None else None  # a bad key fails before any work
     reporter = Reporter(console)
     folder = RunFolder(cfg.out_dir, cfg.name, method.name)

@@ -22,10 +22,13 @@ def coerce_config(config: RunConfig | dict | str | Path | None) -> RunConfig:
     return parse_config(dict(config))
 
 
-def validated_config(config, resuming: bool = False) -> tuple[RunConfig, dict | None, object, object]:
+def validated_config(
+    config, resuming: bool = False, verify: bool = True
+) -> tuple[RunConfig, dict | None, object, object]:
     """Every check that needs no model: the config, the method's settings, the data, the evaluation suites, the
-    run folder and a ``--from`` parent. Returns the resolved config, the parent, the method and its config."""
-    cfg, parent = _parent_run(coerce_config(config))  # a sequential request: verified parent, its model
+    run folder and a ``--from`` parent (its files checked against its manifest unless not ``verify``). Returns
+    the resolved config, the parent, the method and its config."""
+    cfg, parent = _parent_run(coerce_config(config), verify)  # a sequential request: verified parent, its model
     if cfg.preset is not None:
         from ..methods.presets import apply_preset
 
@@ -69,7 +72,7 @@ def _check_evals(cfg: RunConfig) -> None:
         suite.check_data(resolve_parts(suite, spec.data), suite.make_config(spec.settings))
 
 
-def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
+def _parent_run(cfg: RunConfig, verify: bool = True) -> tuple[RunConfig, dict | None]:
     """A sequential request (``from_run``): verify the parent run folder against its manifest and point the
     config at its saved model (in the dtype it was saved in, so that the hash chain links). ``(cfg, None)``
     for a request on a model that no run produced."""
@@ -86,10 +89,13 @@ def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
         raise UnlearnError(f"run {given} has no saved model to unlearn further (was it run with --no-save-model?)")
     if "model" in cfg.model_fields_set and Path(cfg.model).expanduser().resolve() != model_dir:
         raise UnlearnError(f"--from {given} unlearns that run's model ({model_dir}): drop --model {cfg.model}")
-    problems = verify_run(parent_dir, manifest)
+    problems = verify_run(parent_dir, manifest) if verify else []
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise UnlearnError(f"parent run {given} failed verification: {problems[0]}{more}")
+        raise UnlearnError(
+            f"parent run {given} failed verification: {problems[0]}{more}; --no-verify builds on it anyway (the "
+            "new manifest records that)"
+        )
     dtype = saved.get("dtype") or cfg.dtype
     if cfg.dtype not in ("auto", dtype):
         raise UnlearnError(
@@ -99,7 +105,10 @@ def _parent_run(cfg: RunConfig) -> tuple[RunConfig, dict | None]:
     if out == parent_dir or parent_dir in out.parents:
         raise UnlearnError(f"--out {cfg.out_dir} is inside the parent run folder {given}, which must stay unchanged")
     cfg = cfg.model_copy(update={"from_run": str(parent_dir), "model": str(model_dir), "dtype": dtype})
-    return cfg, {"dir": parent_dir, "manifest": manifest, "record": parent_record(parent_dir, manifest, raw)}
+    record = parent_record(parent_dir, manifest, raw)
+    if not verify:  # said in the chain: this request was built on a parent nobody checked
+        record["verified"] = False
+    return cfg, {"dir": parent_dir, "manifest": manifest, "record": record}
 
 
 def check_parent_model(parent: dict | None, model_hash: str) -> None:

@@ -64,7 +64,9 @@ def test_exact_memorization_and_extraction_strength():
     assert F.extraction_strength([True, False, True, True]) == pytest.approx(0.5)  # k* = 2 of 4
     assert F.extraction_strength([False, True, True, True]) == pytest.approx(0.75)  # k* = 1
     assert F.extraction_strength([True] * 5) == 1.0  # k* = 0
-    assert F.extraction_strength([True, True, False]) == 0.0  # last wrong: k* = n
+    # last wrong: no suffix matches; open-unlearning's loop stops at k = n − 1, so ES = 1/n
+    assert F.extraction_strength([True, True, False]) == pytest.approx(1 / 3)
+    assert F.extraction_strength([False]) == 1.0  # n = 1: k stops at 0
     with pytest.raises(ValueError):
         F.extraction_strength([])
 
@@ -98,10 +100,12 @@ def test_loss_zlib_and_reference_scores():
 
 def test_min_k():
     lp = [-1.0, -5.0, -2.0, -4.0, -3.0]
-    assert F.min_k(lp) == pytest.approx(-5.0)  # ceil(0.2 * 5) = 1
+    # int(n * k) lowest tokens, at least one, as the Min-K% authors and open-unlearning count them
+    assert F.min_k(lp) == pytest.approx(-5.0)  # int(5 * 0.2) = 1
     assert F.min_k(lp, k=0.4) == pytest.approx(-4.5)  # -5, -4
-    assert F.min_k(lp, k=0.6) == pytest.approx(-4.0)  # exactly 3 despite 0.6 * 5 = 3.0000000000000004
-    assert F.min_k(lp, k=0.5) == pytest.approx(-4.0)  # ceil(2.5) = 3
+    assert F.min_k(lp, k=0.6) == pytest.approx(-4.0)  # int(3.0000000000000004) = 3
+    assert F.min_k(lp, k=0.5) == pytest.approx(-4.5)  # int(2.5) = 2, not 3
+    assert F.min_k(lp, k=0.7) == pytest.approx(-4.0)  # int(3.5) = 3
     assert F.min_k(lp, k=1.0) == pytest.approx(-3.0)
     assert F.min_k([-7.0], k=0.01) == pytest.approx(-7.0)  # at least one token
     with pytest.raises(ValueError):
@@ -110,8 +114,9 @@ def test_min_k():
 
 def test_min_k_plus_plus():
     lp, mu, sigma = [-1.0, -2.0, -3.0], [-2.0, -2.0, -2.0], [1.0, 2.0, 0.5]  # z = [1, 0, -2]
-    assert F.min_k_plus_plus(lp, mu, sigma) == pytest.approx(-2.0)  # ceil(0.6) = 1
-    assert F.min_k_plus_plus(lp, mu, sigma, k=0.5) == pytest.approx(-1.0)  # mean(-2, 0)
+    assert F.min_k_plus_plus(lp, mu, sigma) == pytest.approx(-2.0)  # int(0.6) = 0 -> at least 1
+    assert F.min_k_plus_plus(lp, mu, sigma, k=0.5) == pytest.approx(-2.0)  # int(1.5) = 1
+    assert F.min_k_plus_plus(lp, mu, sigma, k=0.7) == pytest.approx(-1.0)  # int(2.1) = 2: mean(-2, 0)
     assert F.min_k_plus_plus(lp, mu, sigma, k=1.0) == pytest.approx(-1 / 3)
     assert F.min_k_plus_plus([-1.0], [-1.0], [0.0], k=1.0) == 0.0  # sigma = 0 guarded
     assert math.isfinite(F.min_k_plus_plus([-1.5], [-1.0], [0.0]))
@@ -128,10 +133,13 @@ def test_auc_and_privleak():
         F.auc([], [1.0])
     with pytest.raises(ValueError):
         F.auc([1.0], [])
-    assert F.privleak(0.6, 0.5) == pytest.approx(20.0)
-    assert F.privleak(0.4, 0.5) == pytest.approx(-20.0)
-    with pytest.raises(ValueError):
-        F.privleak(0.5, 0.0)
+    # MUSE's convention (open-unlearning privacy.py): AUC_muse = 1 - member AUC, relative to the reference's
+    assert F.privleak(0.99, 0.5228) == pytest.approx((0.01 - 0.4772) / 0.4772 * 100)  # -97.9: still leaks
+    assert F.privleak(0.99, 0.5228) == pytest.approx(-97.904, abs=1e-3)
+    assert F.privleak(0.6, 0.5) == pytest.approx(-20.0)  # the forget texts look more like members: leakage
+    assert F.privleak(0.4, 0.5) == pytest.approx(20.0)  # less like members than a retrained model: over-unlearnt
+    assert F.privleak(0.5, 0.5) == 0.0
+    assert F.privleak(0.2, 1.0) == pytest.approx(0.8 / 1e-10 * 100)  # the reference's 1e-10 guard, no error
 
 
 def test_mc_accuracy_ties_go_to_lowest_index():

@@ -78,9 +78,11 @@ def test_scorer_matches_a_plain_forward_pass_and_ignores_batching(tiny):
         np.testing.assert_allclose(a.logprobs, expected, atol=1e-5)
         np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-5)
         assert (a.correct == (rows.argmax(-1).numpy() == np.array(c))).all()
-        mu = (rows.exp() * rows).sum(-1).numpy()
-        np.testing.assert_allclose(a.mu, mu, atol=1e-4)
-        assert (a.sigma >= 0).all()
+        p_rows = rows.double().exp()
+        mu = (p_rows * rows.double()).sum(-1)
+        sigma = ((p_rows * rows.double().square()).sum(-1) - mu.square()).sqrt()  # sd of log p under p
+        np.testing.assert_allclose(a.mu, mu.numpy(), atol=1e-4)
+        np.testing.assert_allclose(a.sigma, sigma.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def test_batched_left_padded_generation_equals_one_at_a_time(tiny):
@@ -114,7 +116,7 @@ class StubScorer:
     def __init__(self, table: dict[str, list[float]], generations: dict[str, str] | None = None):
         self.table, self.generations = table, generations or {}
 
-    def score(self, pairs, distribution=False, label=""):
+    def score(self, pairs, distribution=False, eos=False, label=""):
         out = []
         for _, cont in pairs:
             lp = np.array(self.table[cont.strip()], dtype=float)
@@ -151,8 +153,8 @@ def test_tofu_numbers_follow_the_definitions(tmp_path):
         "argparse does": [np.log(0.1)],
         "logging": [np.log(0.1)],
     }
-    gens = {
-        "Question: Who wrote the shell lexer?\nAnswer:": "the shlex module",
+    gens = {  # question 1: every answer word, and two more: ROUGE-L recall 1, precision 3/5, F1 0.75
+        "Question: Who wrote the shell lexer?\nAnswer:": "the shlex module wrote it",
         "Question: What wraps text?\nAnswer:": "x",
     }
     ctx = _ctx(tmp_path, "tofu", {"forget": str(forget)}, StubScorer(table, gens))
@@ -163,7 +165,7 @@ def test_tofu_numbers_follow_the_definitions(tmp_path):
     # answer of question 1, stripped), TR = 0.1 / 0.5 = 0.2 -> min(0.2, 5) = 0.2
     assert s["prob"] == pytest.approx((0.5 + 0.3) / 2)
     assert s["truth_ratio"] == pytest.approx((1 + 0.2) / 2)
-    assert s["rougeL_recall"] == pytest.approx((1.0 + 0.0) / 2)
+    assert s["rougeL_recall"] == pytest.approx((1.0 + 0.0) / 2)  # recall, as TOFU: F1 would give 0.375
     assert s["exact_memorization"] == pytest.approx((0 + 0.5) / 2)
     assert "forget_quality" not in summary or summary["forget_quality"] is None
 
@@ -192,7 +194,14 @@ def test_suites_end_to_end_on_a_tiny_model_with_cache_and_reference(tmp_path, ti
     args = dict(settings={"max_new_tokens": 6}, out=tmp_path / "out", **TINY)
     r = unlearn.evaluate_suite(str(path), "tofu", [str(tofu)], reference=str(path), **args)
     assert r["summary"]["forget_quality"] == pytest.approx(1.0)  # the same model as reference: identical samples
-    assert 0 <= r["summary"]["model_utility"] <= 1
+    # model utility: the harmonic mean of exactly these nine numbers (TOFU's get_model_utility)
+    nine = [
+        r["summary"][p][k]
+        for p in ("retain", "real_authors", "world_facts")
+        for k in ("prob", "rougeL_recall", "truth_ratio")
+    ]
+    expected = 0.0 if min(nine) == 0 else len(nine) / sum(1 / v for v in nine)
+    assert r["summary"]["model_utility"] == pytest.approx(expected)
     assert sorted(r["computed"]) == ["forget", "real_authors", "reference:forget", "retain", "world_facts"]
     saved = json.loads((tmp_path / "out" / "eval" / "tofu.json").read_text())
     assert len(saved["parts"]["forget"]["samples"]) == 3 and saved["summary"] == r["summary"]
@@ -226,7 +235,13 @@ def test_suites_end_to_end_on_a_tiny_model_with_cache_and_reference(tmp_path, ti
         out=tmp_path / "out",
         **TINY,
     )["summary"]
-    assert all(0 <= mia[f"auc_{k}"] <= 1 for k in ("loss", "zlib", "min_k", "min_k_plus_plus"))
+    assert set(mia) >= {f"auc_{k}" for k in ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")}
+    # each AUC is the one of the saved per-text scores (members labelled 1)
+    saved = json.loads((tmp_path / "out" / "eval" / "mia.json").read_text())["parts"]
+    members, nonmembers = saved["members"]["samples"], saved["nonmembers"]["samples"]
+    for k in ("loss", "zlib", "min_k", "min_k_plus_plus"):
+        wins = sum((m[k] > n[k]) + 0.5 * (m[k] == n[k]) for m in members for n in nonmembers)
+        assert mia[f"auc_{k}"] == pytest.approx(wins / (len(members) * len(nonmembers)))
     assert mia["auc_reference"] == 0.5  # reference = the model itself: every difference is 0
 
     lm = unlearn.evaluate_suite(
@@ -366,4 +381,61 @@ def test_muse_privleak_from_stubbed_scores(tmp_path):
     ctx.reference = type("Saved", (), {"saved": {"summary": {"privleak": {"auc_min_k": 0.5}}}, "spec": "ref.json"})()
     p = get_suite("muse").run(ctx, ctx.config)["privleak"]
     assert p["auc_min_k"] == 0.75 and p["auc_loss"] == 0.75
-    assert p["privleak"] == pytest.approx((0.75 - 0.5) / 0.5 * 100)
+    # MUSE's AUC is 1 - 0.75 = 0.25 against the reference's 0.5: (0.25 - 0.5) / 0.5 * 100 = -50 (leakage)
+    assert p["auc_muse"] == 0.25 and p["reference_auc_muse"] == 0.5
+    assert p["privleak"] == pytest.approx(-50.0)
+
+
+def test_grad_norms_follow_the_definition_and_leave_the_model_as_it_was(tiny):
+    """GradNorm by hand: the gradient of the text's mean token NLL, each parameter's p-norm, their mean."""
+    import copy
+
+    _, lm = tiny
+    scorer = Scorer(lm.model, lm.tokenizer)
+    texts = ["def f(x):\n    return x * 2\n", "The river flows to the sea."]
+    got = {p: scorer.grad_norms(texts, p=p) for p in (1, 2, float("inf"))}
+    assert all(not q.requires_grad and q.grad is None for q in lm.model.parameters()) and not lm.model.training
+    model = copy.deepcopy(lm.model).train().requires_grad_(True)
+    for i, text in enumerate(texts):
+        prompt, cont = scorer._prompt_ids(""), scorer._cont_ids(text)
+        if not prompt:
+            prompt, cont = cont[:1], cont[1:]
+        ids = torch.tensor([prompt + cont])
+        logits = model(input_ids=ids).logits[0]
+        lp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)[torch.arange(len(cont)), torch.tensor(cont)]
+        model.zero_grad()
+        (-lp.mean()).backward()
+        for p in got:
+            expected = torch.stack([q.grad.norm(p=p) for q in model.parameters() if q.grad is not None]).mean()
+            assert got[p][i] == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(UnlearnError, match="1, 2 or inf"):
+        scorer.grad_norms(texts, p=3)
+
+
+def test_scored_answer_tokens_are_the_answers_own_with_a_sentencepiece_tokenizer():
+    """A SentencePiece-style tokenizer (word starts marked "▁", a dummy prefix), trained here in a second: an
+    answer tokenised alone after "Answer:" would start with a stray "▁" token; tokenised with its prompt, as TOFU
+    and open-unlearning do, the scored tokens are exactly the answer's words, then EOS."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import tiny_model
+
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    words = "Question: Who wrote the shell lexer? Answer: The shlex module wrote it in Paris. " * 20
+    special = ["<unk>", "<s>", "</s>"]
+    sp.train_from_iterator([words], trainers.BpeTrainer(vocab_size=120, special_tokens=special, initial_alphabet=["▁"]))
+    # as Llama-2's tokenizer.json: a "▁" prepended and every space made "▁" before the pieces are split
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tok = PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    scorer = Scorer(tiny_model("llama"), tok)
+    prompt, answer = "Question: Who wrote the shell lexer?\nAnswer:", "The shlex module"
+    alone = tok.convert_ids_to_tokens(tok(" " + answer, add_special_tokens=False)["input_ids"])
+    assert alone[0] == "▁"  # the bug the joint tokenisation avoids
+    p_ids, c_ids = scorer._split_ids(prompt, Template(tok, "plain").response("Who?", answer))
+    assert tok.convert_ids_to_tokens(c_ids) == ["▁The", "▁shlex", "▁module"]
+    assert p_ids + c_ids == tok(prompt + " " + answer)["input_ids"]
+    (scored,) = scorer.score([(prompt, " " + answer)], eos=True)
+    assert scored.n == 4  # the three answer tokens and EOS, nothing else

@@ -50,9 +50,10 @@ def test_npo_and_simnpo():
     assert float(L.npo(zero, zero, beta)) == pytest.approx((2 / beta) * math.log(2))  # log π = log π_ref
     # log π − log π_ref = −10: −(2/β) log σ(1) = (2/β) log(1 + e^−1)
     assert float(L.npo(torch.tensor([-13.0]), torch.tensor([-3.0]), beta)) == pytest.approx(20 * math.log1p(math.e**-1))
-    # SimNPO: −(2/β) log σ(−β/|y| · log π − δ) with log π = −4, |y| = 2, β = 2.5, δ = 1 → σ(5 − 1)
+    # SimNPO (open-unlearning): −(2/β) log σ(β (−log π/|y| − δ)) with log π = −4, |y| = 2, β = 2.5, δ = 1
+    # → σ(2.5 · (2 − 1)) = σ(2.5)
     got = L.simnpo(torch.tensor([-4.0]), torch.tensor([2]), 2.5, 1.0)
-    assert float(got) == pytest.approx(-(2 / 2.5) * math.log(1 / (1 + math.exp(-4))))
+    assert float(got) == pytest.approx(-(2 / 2.5) * math.log(1 / (1 + math.exp(-2.5))))
 
 
 def test_inverted_hinge():
@@ -215,11 +216,11 @@ def test_qa_format_unlearning_scores_answers_only(run_tiny, tmp_path):
 
 
 def test_dpo_loss():
-    z = torch.tensor([-2.0])
-    assert float(L.dpo(z, z, z, z, 0.1)) == pytest.approx(math.log(2))
-    # chosen gains 5 nats over the reference, rejected loses 5: −log σ(0.1 · 10) = log(1 + e^−1)
+    z = torch.tensor([-2.0])  # open-unlearning's compute_dpo_loss: −(2/β) log σ(β (...))
+    assert float(L.dpo(z, z, z, z, 0.1)) == pytest.approx(20 * math.log(2))
+    # chosen gains 5 nats over the reference, rejected loses 5: −(2/0.1) log σ(0.1 · 10) = 20 log(1 + e^−1)
     got = L.dpo(torch.tensor([3.0]), torch.tensor([-7.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.1)
-    assert float(got) == pytest.approx(math.log1p(math.e**-1))
+    assert float(got) == pytest.approx(20 * math.log1p(math.e**-1))
 
 
 def test_idk_dpo_prefers_refusals_on_qa_forget_data(run_tiny, tmp_path):
@@ -231,7 +232,8 @@ def test_idk_dpo_prefers_refusals_on_qa_forget_data(run_tiny, tmp_path):
         **_qa_budgets(qa),
     )
     log = result.metrics["train_log"]
-    assert log[0]["forget_loss"] == pytest.approx(math.log(2), abs=1e-4)  # the policy starts as the reference
+    # the policy starts as the reference: −(2/β) log σ(0) with β = 0.1
+    assert log[0]["forget_loss"] == pytest.approx(20 * math.log(2), abs=2e-3)
     assert log[-1]["forget_loss"] < log[0]["forget_loss"]
     with pytest.raises(unlearn.UnlearnError, match="idk-dpo needs question-answer forget data"):
         run_tiny("idk-text", "idk-dpo", {"steps": 1})

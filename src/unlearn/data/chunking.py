@@ -182,7 +182,8 @@ def build_qa_corpus(
     seed: int,
     val_tokens: int = 0,
 ) -> Corpus:
-    """Question–answer records as one row each: the prompt (``template.qa(question)``) then the answer and EOS,
+    """Question–answer records as one row each: the prompt (``template.qa(question)``) then the response
+    (``template.response``: in the chat format with the assistant turn's closing tokens) and EOS,
     right-padded to ``seq_len``. Prompt and padding are marked special, so training, statistics and metrics
     see only the answer tokens.
 
@@ -195,9 +196,16 @@ def build_qa_corpus(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     rows, scored = [], []
     for i in qa_order(len(items), seed):
-        prompt = tokenizer(template.qa(items[i].question), add_special_tokens=not template.chat).input_ids
-        answer = tokenizer(template.answer(items[i].answer), add_special_tokens=False).input_ids
-        answer += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        # as open-unlearning builds a QA item: prompt and response tokenised together, split where the prompt's
+        # own tokens end (no stray word-start token with SentencePiece tokenizers), EOS appended unless present
+        text = template.qa(items[i].question)
+        prompt = tokenizer(text, add_special_tokens=not template.chat).input_ids
+        full = tokenizer(
+            text + template.response(items[i].question, items[i].answer), add_special_tokens=not template.chat
+        )
+        answer = full.input_ids[len(prompt) :]
+        eos = tokenizer.eos_token_id
+        answer += [eos] if eos is not None and (not answer or answer[-1] != eos) else []
         ids = (prompt + answer)[:seq_len]
         if len(prompt) >= len(ids):
             raise UnlearnError(f"{name}: question {items[i].id or i} leaves no room for its answer in {seq_len} tokens")

@@ -14,7 +14,6 @@ MUSE (Shi et al. 2024), RWKU (Jin et al. 2024) and the membership-inference pape
 
 from __future__ import annotations
 
-import math
 import re
 import string
 import zlib
@@ -153,12 +152,12 @@ def extraction_strength(correct: Any) -> float:
 
     ``correct[t]`` = (teacher-forced argmax at position t == x_t); ``k*`` is the smallest prefix length such that
     given the true prefix ``x_<k*`` every remaining token ``x_k*..x_n-1`` is argmax-correct, i.e. one past the last
-    wrong position. ES = 1 if all tokens are correct, 0 if the last one is wrong (k* = n, empty suffix).
-    open-unlearning's loop stops at k = n − 1 and so reports 1/n instead of 0 in that last case.
+    wrong position. ES = 1 if all tokens are correct. When the last token is wrong no suffix matches, and
+    open-unlearning's loop ends at k = n − 1: ES = 1/n there, not 0 — followed here, as the reference computes it.
     """
     c = _vec(correct, "correct", dtype=bool)
     wrong = np.flatnonzero(~c)
-    k_star = int(wrong[-1]) + 1 if wrong.size else 0
+    k_star = min(int(wrong[-1]) + 1, c.size - 1) if wrong.size else 0
     return 1.0 - k_star / c.size
 
 
@@ -210,24 +209,23 @@ def zlib_score(token_logprobs: Any, text: str) -> float:
 
 
 def _n_lowest(n: int, k: float) -> int:
+    """How many of ``n`` tokens Min-K% and Min-K%++ average: ``int(n · k)``, at least one, exactly as the Min-K%
+    and Min-K%++ authors' code and open-unlearning compute it."""
     if not 0.0 < k <= 1.0:
         raise ValueError(f"k must be in (0, 1], got {k}")
-    return max(1, math.ceil(k * n - 1e-9))  # tolerance: 0.6 * 5 = 3.0000000000000004 must give 3
+    return max(1, int(n * k))
 
 
 def min_k(token_logprobs: Any, k: float = 0.2) -> float:
     """Min-K% Prob (Shi et al. 2024, "Detecting pretraining data from large language models"): the mean of the
-    ``ceil(k·n)`` lowest token log-probs (at least one). MUSE uses k = 0.4.
-
-    The reference code takes ``int(k·n)`` (floor, at least one in open-unlearning); that differs only when k·n is
-    not an integer.
+    ``int(n·k)`` lowest token log-probs (at least one), as the reference code takes them. MUSE uses k = 0.4.
     """
     lp = _vec(token_logprobs, "token_logprobs")
     return float(np.sort(lp)[: _n_lowest(lp.size, k)].mean())
 
 
 def min_k_plus_plus(token_logprobs: Any, mu: Any, sigma: Any, k: float = 0.2) -> float:
-    """Min-K%++ (Zhang et al. 2024): the mean of the ``ceil(k·n)`` lowest ``z_t = (log p(x_t) − μ_t) / σ_t``.
+    """Min-K%++ (Zhang et al. 2024): the mean of the ``int(n·k)`` lowest ``z_t = (log p(x_t) − μ_t) / σ_t``.
 
     ``μ_t = E_{z∼p(·|x_<t)} log p(z)`` and ``σ_t`` is the standard deviation of ``log p(z)`` under the same
     next-token distribution. σ_t is floored at :data:`MINKPP_SIGMA_FLOOR` (1e-3; open-unlearning clamps the
@@ -258,11 +256,17 @@ def auc(member_scores: Any, nonmember_scores: Any) -> float:
 
 
 def privleak(auc_value: float, reference_auc: float) -> float:
-    """MUSE PrivLeak (Shi et al. 2024): ``(AUC − AUC_ref) / AUC_ref × 100`` where AUC_ref is the retrained
-    (never-saw-the-forget-set) model's AUC; ≈ 0 is ideal, negative = over-unlearning, positive = leakage."""
-    if reference_auc == 0:
-        raise ValueError("reference_auc must be non-zero")
-    return float((auc_value - reference_auc) / reference_auc * 100.0)
+    """MUSE PrivLeak (Shi et al. 2024) in MUSE's own convention, as open-unlearning reproduces it
+    (``src/evals/metrics/privacy.py``).
+
+    ``auc_value`` and ``reference_auc`` are this package's AUCs (forget texts = members, label 1; higher score =
+    member). MUSE labels the forget texts as non-members, so its AUC is ``1 − AUC``, and PrivLeak is
+    ``(AUC_muse − AUC_muse,ref) / (AUC_muse,ref + 1e-10) × 100`` with AUC_ref the retrained (never-saw-the-forget-
+    set) model's. ≈ 0 is ideal; strongly negative = leakage (the forget texts still look like members), strongly
+    positive = over-unlearning. E.g. AUC 0.99 against a reference 0.5228 gives −97.9.
+    """
+    muse, muse_ref = 1.0 - auc_value, 1.0 - reference_auc
+    return float((muse - muse_ref) / (muse_ref + 1e-10) * 100.0)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -67,8 +67,22 @@ class Template:
         return "".join(lines) + f"Question: {question}\nAnswer:"
 
     def answer(self, text: str) -> str:
-        """The continuation scored after :meth:`qa`'s prompt."""
+        """The answer text as it follows :meth:`qa`'s prompt (a space after ``Answer:`` in the plain format)."""
         return text if self.chat else " " + text
+
+    def response(self, question: str, text: str, shots: list[tuple[str, str]] = ()) -> str:
+        """What is scored after :meth:`qa`'s prompt for the answer ``text``, as open-unlearning builds a QA item
+        (``preprocess_chat_instance``): the whole conversation rendered and the prompt cut off, so in the chat
+        format the assistant turn's closing tokens are scored with the answer."""
+        if not self.chat:
+            return " " + text
+        messages = []
+        for q, a in shots:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": text}]
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = self.qa(question, shots)
+        return full[len(prompt) :] if full.startswith(prompt) else text
 
     @property
     def stop(self) -> tuple[str, ...]:
@@ -110,6 +124,18 @@ class Scorer:
     def _cont_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def _split_ids(self, prompt: str, cont: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, continuation ids) of ``prompt + cont`` tokenised as one text, split at the length of the
+        prompt tokenised alone."""
+        p_ids = self._prompt_ids(prompt)
+        starts_special = any(prompt.startswith(t) for t in self.tokenizer.all_special_tokens if t)
+        full = (
+            self.tokenizer(prompt + cont, add_special_tokens=not starts_special)["input_ids"]
+            if prompt
+            else (p_ids + self._cont_ids(cont))
+        )
+        return full[: len(p_ids)], full[len(p_ids) :]
+
     @property
     def pad_id(self) -> int:
         tok = self.tokenizer
@@ -125,19 +151,29 @@ class Scorer:
 
     # -- scoring -------------------------------------------------------------------------------------------------
     def score(
-        self, pairs: list[tuple[str, str]], *, distribution: bool = False, label: str = "scoring"
+        self, pairs: list[tuple[str, str]], *, distribution: bool = False, eos: bool = False, label: str = "scoring"
     ) -> list[TokenScores]:
         """Teacher-forced scores of each ``(prompt, continuation)``; ``distribution`` also computes μ and σ of
         log p over the vocabulary (Min-K%++). An empty prompt scores the continuation from its second token
-        (or from BOS when the tokenizer adds one)."""
-        key = lambda p: (p[0], p[1], distribution)  # noqa: E731
+        (or from BOS when the tokenizer adds one).
+
+        Prompt and continuation are tokenised together and split where the prompt's own tokens end, as TOFU and
+        open-unlearning build QA items: a continuation tokenised alone would gain a stray word-start token with
+        SentencePiece tokenizers (Llama, Mistral, Gemma). ``eos`` appends the end-of-sequence token to the scored
+        continuation unless it already ends with it (TOFU's and open-unlearning's answers)."""
+        key = lambda p: (p[0], p[1], distribution, eos)  # noqa: E731
         todo = sorted({key(p) for p in pairs if key(p) not in self._scores})
         if todo:
             start = time.perf_counter()
             encoded = []
-            for prompt, cont, _ in todo:
-                p_ids = self._prompt_ids(prompt) if prompt else self._prompt_ids("")
-                c_ids = self._cont_ids(cont)
+            for prompt, cont, _, _ in todo:
+                p_ids, c_ids = self._split_ids(prompt, cont)
+                if (
+                    eos
+                    and self.tokenizer.eos_token_id is not None
+                    and (not c_ids or c_ids[-1] != self.tokenizer.eos_token_id)
+                ):
+                    c_ids = c_ids + [self.tokenizer.eos_token_id]
                 if not c_ids:
                     raise UnlearnError(f"nothing to score: empty continuation after prompt {prompt[:40]!r}")
                 if not p_ids:  # no BOS: the first token has no prediction, score from the second
@@ -187,6 +223,44 @@ class Scorer:
                 out.append((i, TokenScores(token_lp.cpu().numpy(), correct.cpu().numpy(), mu, sigma)))
             self.stats["scored_tokens"] += len(seq)
         return out
+
+    def grad_norms(self, texts: list[str], *, p: float = 2.0, label: str = "gradient norms") -> list[float]:
+        """GradNorm (Wang et al. 2024, "Pandora's white-box"; open-unlearning's ``gradnorm.py``): for each text,
+        the gradient of its mean token NLL with respect to every parameter, the ``p``-norm of each parameter's
+        gradient, and their mean over parameters. One forward and backward pass per text, the model in training
+        mode as in the reference; the model's parameters and ``requires_grad`` flags are restored afterwards."""
+        if p not in (1, 2, float("inf")):
+            raise UnlearnError(f"gradient norm p must be 1, 2 or inf, got {p}")
+        params = list(self.model.parameters())
+        flags = [q.requires_grad for q in params]
+        was_training = self.model.training
+        norms = []
+        try:
+            for q in params:
+                q.requires_grad_(True)
+            self.model.train()
+            with self.task(label, len(texts)) as advance:
+                for text in texts:
+                    p_ids, c_ids = self._prompt_ids(""), self._cont_ids(text)
+                    if not p_ids:
+                        p_ids, c_ids = c_ids[:1], c_ids[1:]
+                    seq = (p_ids + c_ids)[: self.max_length]
+                    ids = torch.tensor([seq], device=self.device)
+                    with torch.enable_grad():
+                        logits = self.model(input_ids=ids, use_cache=False).logits[0, len(p_ids) - 1 : -1]
+                        target = ids[0, len(p_ids) :]
+                        lp = torch.log_softmax(logits, dim=-1).gather(-1, target[:, None]).squeeze(-1)
+                        self.model.zero_grad(set_to_none=True)
+                        (-lp.mean()).backward()
+                    found = [q.grad.detach().norm(p=p) for q in params if q.grad is not None]
+                    norms.append(float(torch.stack(found).float().mean()))
+                    advance(1)
+        finally:
+            self.model.zero_grad(set_to_none=True)
+            for q, flag in zip(params, flags):
+                q.requires_grad_(flag)
+            self.model.train(was_training)
+        return norms
 
     # -- generation ----------------------------------------------------------------------------------------------
     def generate(

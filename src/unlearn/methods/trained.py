@@ -33,7 +33,7 @@ def _retain_term(kind: str, model, batch, reference) -> torch.Tensor | None:
         return L.nll(logits, batch["labels"])
     with torch.no_grad():
         ref = _logits(reference, batch)
-    return L.kl_to_reference(logits, ref, batch["labels"])
+    return L.kl_all_positions(logits, ref)
 
 
 def _combine(forget: torch.Tensor, retain: torch.Tensor | None, gamma: float, alpha: float):

@@ -1,9 +1,11 @@
 """Membership inference: how well can an attacker tell the forget texts (members) from texts the model never saw?
 
 Scores per text (higher = "member"): LOSS (mean log p), zlib ratio, Min-K% and Min-K%++ (see
-:mod:`unlearn.eval.functional` for definitions and sources), and, with ``--reference``, the reference-model
-loss difference. Each is summarised as the ROC AUC of members vs non-members (scikit-learn): 0.5 means the
-attacker cannot tell them apart; after successful unlearning the forget texts should look like unseen text.
+:mod:`unlearn.eval.functional` for definitions and sources), GradNorm (minus the mean per-parameter gradient norm
+of the text's loss: a text the model fits well moves its weights less), and, with ``--reference``, the
+reference-model loss difference: the six attacks of open-unlearning. Each is summarised as the ROC AUC of members
+vs non-members (scikit-learn): 0.5 means the attacker cannot tell them apart; after successful unlearning the
+forget texts should look like unseen text.
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
 class MiaConfig(SuiteConfig):
     min_k: float = Field(0.2, gt=0, le=1, description="fraction k of Min-K% and Min-K%++ (Shi et al.: 0.2)")
-    max_tokens: int = Field(512, ge=8, description="tokens scored per text (longer texts are cut)")
+    max_tokens: int | None = Field(
+        None, ge=8, description="tokens scored per text (default: the whole text; at most the model's positions)"
+    )
     field: str = Field("text", description="record field holding the text")
+    gradnorm: bool = Field(True, description="also the GradNorm attack (one backward pass per text)")
+    gradnorm_p: float = Field(2.0, description="the p of GradNorm's per-parameter gradient norm: 1, 2 or inf")
 
 
-def mia_samples(scorer, texts: list[str], *, k: float, max_tokens: int, label: str = "scoring") -> list[dict]:
+def mia_samples(scorer, texts: list[str], *, k: float, max_tokens: int | None, label: str = "scoring") -> list[dict]:
     """Per-text membership scores (and the token log-probs' sum, for reference-model attacks)."""
     pairs = [("", _head(scorer, t, max_tokens)) for t in texts]
     scored = scorer.score(pairs, distribution=True, label=label)
@@ -39,8 +45,11 @@ def mia_samples(scorer, texts: list[str], *, k: float, max_tokens: int, label: s
     ]
 
 
-def _head(scorer, text: str, max_tokens: int) -> str:
-    """The text cut to about ``max_tokens`` tokens (at a token boundary, decoded back to text)."""
+def _head(scorer, text: str, max_tokens: int | None) -> str:
+    """The text cut to about ``max_tokens`` tokens (at a token boundary, decoded back to text); with None the
+    whole text (the scorer cuts only what exceeds the model's positions)."""
+    if max_tokens is None:
+        return text
     ids = scorer.tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= max_tokens else scorer.tokenizer.decode(ids[:max_tokens])
 
@@ -66,6 +75,20 @@ def run(ctx: SuiteContext, cfg: MiaConfig) -> dict:
 
         entries[part] = ctx.part(part, compute)["samples"]
     summary = mia_aucs(entries["members"], entries["nonmembers"])
+    if cfg.gradnorm:
+        norms = {}
+        for part in ("members", "nonmembers"):
+            texts = [
+                _head(ctx.scorer, t, cfg.max_tokens)
+                for t in load_texts(ctx.files[part], field=cfg.field, limit=cfg.limit)
+            ]
+
+            def compute(texts=texts, part=part):
+                values = ctx.scorer.grad_norms(texts, p=cfg.gradnorm_p, label=f"gradient norms {part}")
+                return {"summary": {"n": len(values)}, "samples": [{"grad_norm": v} for v in values]}
+
+            norms[part] = [-s["grad_norm"] for s in ctx.part(f"gradnorm:{part}", compute)["samples"]]
+        summary["auc_gradnorm"] = F.auc(norms["members"], norms["nonmembers"])  # a smaller norm = member
     ref = ctx.reference
     if ref is not None and ref.saved is None:
         diff = {}  # reference attack: log-likelihood under the model minus under the reference model

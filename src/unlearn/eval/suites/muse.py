@@ -3,10 +3,12 @@
 * VerbMem: ROUGE-L F1 between the greedy continuation (128 new tokens) of a forget-text prompt and its true
   continuation.
 * KnowMem on forget and retain: few-shot QA (the benchmark's in-context examples), ROUGE-L F1 of the greedy answer.
-* PrivLeak: AUC of Min-K% (k = 40 %) separating forget texts (members) from holdout texts, relative to a reference
-  (retrained) model's AUC: (AUC − AUC_ref) / AUC_ref × 100. Near 0 is good; strongly negative means
-  over-unlearning, strongly positive means leakage. The other membership-inference scores (LOSS, zlib, Min-K%++)
-  are reported alongside.
+* PrivLeak: AUC of Min-K% (k = 40 %) on the whole of each forget and holdout text, in MUSE's convention (forget
+  texts labelled as non-members, so AUC_muse = 1 − this package's member AUC), relative to a reference (retrained)
+  model's: (AUC_muse − AUC_muse,ref) / AUC_muse,ref × 100 (open-unlearning's ``privacy.py`` reproduces MUSE's
+  code). Near 0 is good; strongly negative means leakage (the model still tells its forget texts apart), strongly
+  positive means over-unlearning. The other membership-inference scores (LOSS, zlib, Min-K%++) are reported
+  alongside, as member AUCs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,11 @@ class MuseConfig(SuiteConfig):
     verbmem_new_tokens: int = Field(128, ge=1, le=4096, description="tokens generated for VerbMem (MUSE: 128)")
     knowmem_new_tokens: int = Field(32, ge=1, le=1024, description="tokens generated for KnowMem answers (MUSE: 32)")
     min_k: float = Field(0.4, gt=0, le=1, description="k of Min-K% for PrivLeak (MUSE: 0.4)")
-    max_tokens: int = Field(512, ge=8, description="tokens scored per PrivLeak text (longer texts are cut)")
+    max_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="tokens scored per PrivLeak text (default: the whole text, as MUSE; at most the model's)",
+    )
     template: str = Field("plain", description="KnowMem prompts: plain (MUSE's Question:/Answer: format), chat, auto")
 
 
@@ -117,7 +123,9 @@ def privleak(ctx: SuiteContext, cfg: MuseConfig) -> dict:
             "auc_min_k"
         ]
     out["reference_auc_min_k"] = ref_auc
-    out["privleak"] = F.privleak(out["auc_min_k"], ref_auc) if ref_auc else None
+    out["auc_muse"] = 1.0 - out["auc_min_k"]  # MUSE's own AUC: forget texts labelled as non-members
+    out["reference_auc_muse"] = None if ref_auc is None else 1.0 - ref_auc
+    out["privleak"] = F.privleak(out["auc_min_k"], ref_auc) if ref_auc is not None else None
     return out
 
 

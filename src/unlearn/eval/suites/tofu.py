@@ -28,11 +28,12 @@ def qa_samples(scorer, template, items, *, role: str, generate: bool, max_new_to
     prompts = [template.qa(it.question) for it in items]
     pairs = []
     for prompt, it in zip(prompts, items):
-        pairs.append((prompt, template.answer(it.answer)))
+        pairs.append((prompt, template.response(it.question, it.answer)))
         if it.paraphrased_answer:
-            pairs.append((prompt, template.answer(it.paraphrased_answer)))
-        pairs += [(prompt, template.answer(p)) for p in it.perturbed_answers]
-    scores = dict(zip(pairs, scorer.score(pairs, label=f"scoring {role}")))
+            pairs.append((prompt, template.response(it.question, it.paraphrased_answer)))
+        pairs += [(prompt, template.response(it.question, p)) for p in it.perturbed_answers]
+    # answers scored as TOFU and open-unlearning score them: tokenised with the prompt, with EOS
+    scores = dict(zip(pairs, scorer.score(pairs, eos=True, label=f"scoring {role}")))
     outputs = (
         scorer.generate(prompts, max_new_tokens=max_new_tokens, stop=template.stop, label=f"generating {role}")
         if generate
@@ -40,9 +41,10 @@ def qa_samples(scorer, template, items, *, role: str, generate: bool, max_new_to
     )
     samples = []
     for prompt, it, out in zip(prompts, items, outputs):
-        ans = scores[(prompt, template.answer(it.answer))]
-        correct = scores[(prompt, template.answer(it.paraphrased_answer))] if it.paraphrased_answer else ans
-        perturbed = [scores[(prompt, template.answer(p))].logprobs for p in it.perturbed_answers]
+        ans = scores[(prompt, template.response(it.question, it.answer))]
+        para = it.paraphrased_answer
+        correct = scores[(prompt, template.response(it.question, para))] if para else ans
+        perturbed = [scores[(prompt, template.response(it.question, p))].logprobs for p in it.perturbed_answers]
         s = {"id": it.id, "question": it.question}
         if role == "choices" and perturbed:
             s["prob"] = F.prob_among_choices(ans.logprobs, perturbed)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import unlearn
 from unlearn.cli import main
 from unlearn.errors import UnlearnError
+from unlearn.eval import functional as F
 from unlearn.eval.scoring import Scorer, Template, TokenScores
 from unlearn.eval.store import ResultStore
 from unlearn.eval.suites import SuiteContext, get_suite, resolve_parts
@@ -439,3 +440,35 @@ def test_scored_answer_tokens_are_the_answers_own_with_a_sentencepiece_tokenizer
     assert p_ids + c_ids == tok(prompt + " " + answer)["input_ids"]
     (scored,) = scorer.score([(prompt, " " + answer)], eos=True)
     assert scored.n == 4  # the three answer tokens and EOS, nothing else
+
+
+def test_rwku_prompts_and_rouge_follow_rwkus_evaluation_code():
+    from unlearn.data.formats import Probe
+    from unlearn.eval.suites.rwku import probe_prompt, rouge_l_recall
+
+    plain = Template(type("T", (), {"chat_template": None})(), "plain")
+    cloze = Probe("Stephen King wrote ___.", "Carrie", "1", "cloze")
+    assert (
+        probe_prompt(plain, cloze)
+        == "Please complete the blank in the following question.\nQuestion: Stephen King wrote ___.\nAnswer:"
+    )
+    q3 = Probe("Who wrote Carrie?", "Stephen King", "3", "prefix injection")
+    assert (
+        probe_prompt(plain, q3) == "Please briefly answer the following question.\nQuestion: Who wrote Carrie?\nAnswer:"
+    )
+    suffix = Probe("Who wrote Carrie? Sure, here is the answer:", "Stephen King", "3", "affirmative suffix")
+    assert probe_prompt(plain, suffix) == (
+        "Please briefly answer the following question.\nQuestion: Who wrote Carrie? Sure, here is the answer:"
+    )
+    icl = Probe("Q: Who wrote It?\nA: Stephen King\nQ: Who wrote Carrie?", "Stephen King", "3", "incontext learning")
+    instruction = "Please briefly answer the following question.\n"
+    assert probe_prompt(plain, icl) == instruction + "Q: Who wrote It?\nA: Stephen King\nQ: Who wrote Carrie?\nAnswer:"
+    # the `rouge` package RWKU uses: case-sensitive whitespace tokens; no answer counts as NOANSWER
+    assert rouge_l_recall("It was Stephen King .", "Stephen King") == 1.0
+    assert rouge_l_recall("stephen king", "Stephen King") == 0.0
+    assert rouge_l_recall("   ", "Stephen King") == 0.0
+
+
+def test_muse_rouge_has_no_stemming():
+    assert F.rouge_l("the cats sat", "the cat sat")["f1"] == pytest.approx(1.0)  # TOFU: Porter stemming
+    assert F.rouge_l("the cats sat", "the cat sat", stem=False)["f1"] == pytest.approx(2 / 3)  # MUSE

@@ -120,22 +120,21 @@ def prob_among_choices(correct_token_logprobs: Any, perturbed_token_logprobs_lis
     return float(correct / (correct + wrong))
 
 
-_ROUGE_SCORER = None
+_ROUGE_SCORERS: dict = {}
 
 
-def rouge_l(prediction: str, reference: str) -> dict[str, float]:
+def rouge_l(prediction: str, reference: str, *, stem: bool = True) -> dict[str, float]:
     """ROUGE-L (longest common subsequence) ``recall``, ``precision`` and ``f1`` of ``prediction`` vs ``reference``.
 
-    ``rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)`` as in TOFU / open-unlearning / MUSE
-    (lowercased, non-alphanumerics dropped, Porter stemming). recall = LCS/|reference|, precision =
-    LCS/|prediction|. TOFU reports the recall, MUSE the F1.
+    ``rouge_score.rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)``: lowercased, non-alphanumerics
+    dropped; TOFU and open-unlearning stem (Porter), MUSE does not (``stem=False``). recall = LCS/|reference|,
+    precision = LCS/|prediction|. TOFU reports the recall, MUSE the F1.
     """
-    global _ROUGE_SCORER
-    if _ROUGE_SCORER is None:
+    if stem not in _ROUGE_SCORERS:
         from rouge_score import rouge_scorer
 
-        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    s = _ROUGE_SCORER.score(reference, prediction)["rougeL"]  # score(target, prediction)
+        _ROUGE_SCORERS[stem] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
+    s = _ROUGE_SCORERS[stem].score(reference, prediction)["rougeL"]  # score(target, prediction)
     return {"recall": float(s.recall), "precision": float(s.precision), "f1": float(s.fmeasure)}
 
 

@@ -1,8 +1,12 @@
 """MUSE (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models").
 
-* VerbMem: ROUGE-L F1 between the greedy continuation (128 new tokens) of a forget-text prompt and its true
-  continuation.
-* KnowMem on forget and retain: few-shot QA (the benchmark's in-context examples), ROUGE-L F1 of the greedy answer.
+* VerbMem: ROUGE-L F1 between the greedy continuation (128 new tokens) of a forget-text prompt and the first 128
+  tokens of its true continuation.
+* KnowMem on forget and retain: few-shot QA (the benchmark's in-context examples) in MUSE's format
+  (``Question: ...\nAnswer: `` with the trailing space), the answer cut before a blank line or the next
+  ``Question``, ROUGE-L F1 against the gold answer.
+
+Both ROUGE scores are without stemming, as MUSE's ``rouge_scorer.RougeScorer(..., use_stemmer=False)``.
 * PrivLeak: AUC of Min-K% (k = 40 %) on the whole of each forget and holdout text, in MUSE's convention (forget
   texts labelled as non-members, so AUC_muse = 1 − this package's member AUC), relative to a reference (retrained)
   model's: (AUC_muse − AUC_muse,ref) / AUC_muse,ref × 100 (open-unlearning's ``privacy.py`` reproduces MUSE's
@@ -54,9 +58,14 @@ def run(ctx: SuiteContext, cfg: MuseConfig) -> dict:
             outs = ctx.scorer.generate(
                 [it.prompt for it in items], max_new_tokens=cfg.verbmem_new_tokens, label="generating verbmem"
             )
+            tok = ctx.scorer.tokenizer  # MUSE compares with the continuation's first verbmem_new_tokens tokens
+            targets = [
+                tok.decode(tok(it.target, add_special_tokens=False)["input_ids"][: cfg.verbmem_new_tokens])
+                for it in items
+            ]
             samples = [
-                {"id": it.id, "generation": out, "rougeL_f1": F.rouge_l(out, it.target)["f1"]}
-                for it, out in zip(items, outs)
+                {"id": it.id, "generation": out, "rougeL_f1": F.rouge_l(out, target, stem=False)["f1"]}
+                for it, out, target in zip(items, outs, targets)
             ]
             return {
                 "summary": {"rougeL_f1": mean(s["rougeL_f1"] for s in samples), "n": len(samples)},
@@ -73,12 +82,19 @@ def run(ctx: SuiteContext, cfg: MuseConfig) -> dict:
         shots = [(s.question, s.answer) for s in load_qa(shots_file)] if shots_file else []
 
         def knowmem(items=items, shots=shots, part=part):
-            prompts = [ctx.template.qa(it.question, shots) for it in items]
+            # MUSE's prompt ends "Answer: " (a space) and its answers are cut before these
+            space, stop = ("", ctx.template.stop) if ctx.template.chat else (" ", ("\n\n", "\nQuestion", "Question:"))
+            prompts = [ctx.template.qa(it.question, shots) + space for it in items]
             outs = ctx.scorer.generate(
-                prompts, max_new_tokens=cfg.knowmem_new_tokens, stop=ctx.template.stop, label=f"generating {part}"
+                prompts, max_new_tokens=cfg.knowmem_new_tokens, stop=stop, label=f"generating {part}"
             )
             samples = [
-                {"id": it.id, "question": it.question, "generation": out, "rougeL_f1": F.rouge_l(out, it.answer)["f1"]}
+                {
+                    "id": it.id,
+                    "question": it.question,
+                    "generation": out,
+                    "rougeL_f1": F.rouge_l(out, it.answer, stem=False)["f1"],
+                }
                 for it, out in zip(items, outs)
             ]
             return {

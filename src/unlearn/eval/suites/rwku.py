@@ -3,8 +3,14 @@
 Probes about one target (e.g. Stephen King): level 1 fill-in-the-blank (``___``), level 2 questions, level 3
 adversarial questions (prefix injection, role play, reverse query, ... — per ``type``), and neighbour probes
 about related but different knowledge that must survive. Metric: ROUGE-L recall of the greedy answer against the
-gold answer (RWKU's), plus the share of answers that contain the gold answer. Membership inference on
-``forget_mia`` (texts about the target) vs ``retain_mia`` (unrelated texts): AUC of LOSS, zlib, Min-K%, Min-K%++.
+gold answer, plus the share of answers that contain the gold answer. Membership inference on ``forget_mia``
+(texts about the target) vs ``retain_mia`` (unrelated texts): AUC of LOSS, zlib, Min-K%, Min-K%++.
+
+As RWKU's own evaluation (``eval_forget.py``, ``eval_neighbor.py``): the instruction and ``Question: ...`` as the
+user turn of the chat template, then ``Answer:`` (level-3 "affirmative suffix" probes without it, "incontext
+learning" probes without the ``Question:`` label), greedy decoding of at most 30 new tokens stopped at a newline
+or EOS, the answer stripped (an empty one counts as ``NOANSWER``), and ROUGE-L recall from the ``rouge`` package
+(case-sensitive, whitespace tokens) that RWKU uses — not ``rouge-score``'s lowercased, stemmed one.
 """
 
 from __future__ import annotations
@@ -25,16 +31,34 @@ PROBES = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", 
 
 
 class RwkuConfig(SuiteConfig):
-    max_new_tokens: int = Field(32, ge=1, le=1024, description="longest generated answer (RWKU: 32)")
+    max_new_tokens: int = Field(30, ge=1, le=1024, description="longest generated answer (RWKU: 30)")
     min_k: float = Field(0.2, gt=0, le=1, description="k of Min-K% / Min-K%++ for the MIA parts")
     max_tokens: int = Field(512, ge=8, description="tokens scored per MIA text")
 
 
 def probe_prompt(template, probe) -> str:
-    instruction = CLOZE if "___" in probe.query else QUESTION
-    if template.chat:
-        return template.qa(f"{instruction}\nQuestion: {probe.query}")
-    return f"{instruction}\nQuestion: {probe.query}\nAnswer:"
+    """RWKU's prompt for a probe: the user turn (the chat template's, or plain text without one), then
+    ``Answer:``."""
+    instruction = CLOZE if probe.level == "1" or (probe.level != "3" and "___" in probe.query) else QUESTION
+    if probe.type == "affirmative suffix":
+        user, suffix = f"{QUESTION}\nQuestion: {probe.query}", ""
+    elif probe.type == "incontext learning":
+        user, suffix = f"{QUESTION}\n{probe.query}\n", "Answer:"
+    else:
+        user, suffix = f"{instruction}\nQuestion: {probe.query}\n", "Answer:"
+    return (template.qa(user) if template.chat else user) + suffix
+
+
+def rouge_l_recall(prediction: str, answer: str) -> float:
+    """ROUGE-L recall as RWKU computes it: the ``rouge`` package (``Rouge().get_scores``), case-sensitive
+    whitespace tokens; an empty prediction is scored as ``NOANSWER``."""
+    from rouge import Rouge
+
+    prediction = prediction.strip() or "NOANSWER"
+    try:
+        return float(Rouge().get_scores(hyps=prediction, refs=answer)[0]["rouge-l"]["r"])
+    except ValueError:  # the package refuses a reference with no word (e.g. only punctuation)
+        return 0.0
 
 
 def run(ctx: SuiteContext, cfg: RwkuConfig) -> dict:
@@ -55,7 +79,7 @@ def run(ctx: SuiteContext, cfg: RwkuConfig) -> dict:
                     "type": p.type,
                     "answer": p.answer,
                     "generation": out,
-                    "rougeL_recall": F.rouge_l(out, p.answer)["recall"],
+                    "rougeL_recall": rouge_l_recall(out, p.answer),
                     "correct": F.contains_answer(out, p.answer),
                 }
                 for p, out in zip(probes, outs)

@@ -472,3 +472,53 @@ def test_rwku_prompts_and_rouge_follow_rwkus_evaluation_code():
 def test_muse_rouge_has_no_stemming():
     assert F.rouge_l("the cats sat", "the cat sat")["f1"] == pytest.approx(1.0)  # TOFU: Porter stemming
     assert F.rouge_l("the cats sat", "the cat sat", stem=False)["f1"] == pytest.approx(2 / 3)  # MUSE
+
+
+def test_lm_eval_suite_runs_a_local_harness_task_like_our_mcq_likelihood(tmp_path, tiny, run_tiny):
+    """A harness task defined by a local YAML on a local JSON Lines file: its accuracy equals our own
+    likelihood accuracy on the same questions (the harness scores " choice" after the prompt, as mcq does)."""
+    pytest.importorskip("lm_eval")
+    path, _ = tiny
+    rows = [
+        {"question": "Which colour is the sky?", "choices": ["red", "blue"], "answer": 1},
+        {"question": "Which is a number?", "choices": ["seven", "chair"], "answer": 0},
+        {"question": "Which animal barks?", "choices": ["cat", "dog", "fish"], "answer": 1},
+    ]
+    data = write_jsonl(tmp_path / "geo.jsonl", rows)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_geo.yaml").write_text(
+        "task: tiny_geo\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    r = unlearn.evaluate_suite(str(path), "lm-eval:tiny_geo", [str(tasks)], out=out, **TINY)
+    got = r["summary"]["tiny_geo"]
+    assert got["n"] == 3 and set(got) >= {"acc,none", "acc_stderr,none"}
+    ours = unlearn.evaluate_suite(
+        str(path), "mcq", [str(write_jsonl(tmp_path / "q.jsonl", rows))], settings={"shots": 0}, out=out, **TINY
+    )["summary"]["q"]
+    assert got["acc,none"] == pytest.approx(ours["accuracy_likelihood"])
+    again = unlearn.evaluate_suite(str(path), "lm-eval:tiny_geo", [str(tasks)], out=out, **TINY)
+    assert again["reused"] == ["tiny_geo"] and again["summary"]["tiny_geo"] == got
+    with pytest.raises(UnlearnError, match="no task 'nope'"):
+        unlearn.evaluate_suite(str(path), "lm-eval:nope", [str(tasks)], out=out, **TINY)
+    with pytest.raises(UnlearnError, match="name the tasks"):
+        unlearn.evaluate_suite(str(path), "lm-eval:", [], out=out, **TINY)
+    # a run's evals take it too: the task before and after unlearning
+    run = run_tiny(
+        "h",
+        "selective-pruning",
+        {"ff_frac": 0.1, "attn_frac": 0.0},
+        evals=[{"suite": "lm-eval:tiny_geo", "data": [str(tasks)]}],
+    )
+    assert set(run.metrics["suites"]["after"]["lm-eval:tiny_geo"]["tiny_geo"]) >= {"acc,none", "n"}
+    assert (run.run_dir / "eval" / "lm-eval.json").is_file()

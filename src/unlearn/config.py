@@ -76,15 +76,19 @@ class EvalSpec(BaseModel):
     """An evaluation suite that a run applies to the model before and after unlearning."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    suite: str = Field(description="tofu, muse, rwku, mcq, lm or mia (see unlearn suites)")
-    data: list[str] = Field(description="benchmark folders, files or PART=PATH entries")
+    suite: str = Field(description="tofu, muse, rwku, mcq, lm, mia or lm-eval:TASK[,TASK] (see unlearn suites)")
+    data: list[str] = Field(
+        default_factory=list,
+        validate_default=True,
+        description="benchmark folders, files or PART=PATH entries (lm-eval: task folders)",
+    )
     settings: dict = Field(default_factory=dict, description="suite settings (see unlearn suites)")
     reference: str | None = Field(None, description="reference model or its eval/<suite>.json")
 
     @field_validator("data")
     @classmethod
-    def _some_data(cls, v):
-        if not v:
+    def _some_data(cls, v, info):
+        if not v and not str(info.data.get("suite", "")).startswith("lm-eval"):  # harness tasks bring their data
             raise ValueError("an evaluation suite needs at least one data entry")
         return v
 

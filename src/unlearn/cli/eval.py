@@ -20,7 +20,8 @@ from .group import DEFAULTS, Number, choices, console_for, key_values, main, set
 )
 @click.option(
     "--suite",
-    help="Evaluation suite: tofu, muse, rwku, mcq, lm or mia (see `unlearn suites`). Without it: next-token "
+    help="Evaluation suite: tofu, muse, rwku, mcq, lm, mia, or lm-eval:TASK[,TASK] for lm-evaluation-harness tasks "
+    "(--data: folders of local task YAMLs; see `unlearn suites`). Without it: next-token "
     "metrics of each --data corpus.",
 )
 @click.option(

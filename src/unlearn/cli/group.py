@@ -157,7 +157,7 @@ def main():
 
     \b
     unlearn run        unlearn (defaults: forget Python code, keep English prose, on the bundled SmolLM2-135M)
-    unlearn eval       evaluate any model: suites (TOFU, MUSE, RWKU, MCQ, LM, MIA) or next-token metrics
+    unlearn eval       evaluate any model: suites (TOFU, MUSE, RWKU, MCQ, LM, MIA, lm-eval tasks) or next-token metrics
     unlearn learn      fine-tune a model on QA or text data (to build unlearning targets)
     unlearn methods    the registered unlearning methods and their parameters
     unlearn suites     the evaluation suites, their data parts and settings

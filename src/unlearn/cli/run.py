@@ -169,8 +169,8 @@ from .group import (
     "evals",
     multiple=True,
     metavar="SUITE:DATA[,DATA]",
-    help="Also evaluate with a suite before and after, e.g. --eval mcq:mmlu/test/geo.csv (repeatable; settings "
-    "and references via --config evals).",
+    help="Also evaluate with a suite before and after, e.g. --eval mcq:mmlu/test/geo.csv, or an lm-evaluation-harness "
+    "task: --eval lm-eval:arc_easy (repeatable; settings, references and local task folders via --config evals).",
 )
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html / report.md (`unlearn report` can later).")
@@ -318,7 +318,12 @@ def _data_settings(values: dict, opts: dict) -> None:
         suite, sep, data = item.partition(":")
         if not sep or not suite or not data:
             raise UnlearnError(f"--eval expects SUITE:DATA, got {item!r}")
-        values["evals"] = [*(values.get("evals") or []), {"suite": suite, "data": data.split(",")}]
+        spec = (
+            {"suite": f"{suite}:{data}", "data": []}
+            if suite == "lm-eval"
+            else {"suite": suite, "data": data.split(",")}
+        )
+        values["evals"] = [*(values.get("evals") or []), spec]
 
 
 def _stop_settings(stop: dict, opts: dict) -> dict:
@@ -391,7 +396,8 @@ def _print_summary(result) -> None:
     )
     console.print("time: " + _stage_times(result.manifest), highlight=False)
     for suite in result.metrics.get("suites", {}).get("after", {}):
-        console.print(f"suite {suite}: eval/{suite}.json (before: eval/before/{suite}.json)", highlight=False)
+        file = suite.partition(":")[0] if suite.startswith("lm-eval:") else suite
+        console.print(f"suite {suite}: eval/{file}.json (before: eval/before/{file}.json)", highlight=False)
     _print_earlier(console, result.metrics.get("earlier_requests"))
     console.print(f"run folder: {result.run_dir}", highlight=False)
 

@@ -111,10 +111,11 @@ def evaluate_suite(
     """
     from ..eval.scoring import Scorer, Template
     from ..eval.store import ResultStore
-    from ..eval.suites import ModelHandle, SuiteContext, get_suite, resolve_parts
+    from ..eval.suites import ModelHandle, SuiteContext, resolve_parts
+    from ..eval.suites.base import suite_and_settings
 
     reporter = Reporter(console)
-    s = get_suite(suite)
+    s, settings = suite_and_settings(suite, settings)
     cfg = s.make_config(settings)
     if batch_size < 1:
         raise UnlearnError("batch size must be at least 1")

@@ -61,15 +61,16 @@ def validated_config(
 
 def _check_evals(cfg: RunConfig) -> None:
     """Validate the run's evaluation suites (names, settings, data) before any expensive work."""
-    from ..eval.suites import get_suite, resolve_parts
+    from ..eval.suites import resolve_parts
+    from ..eval.suites.base import suite_and_settings
 
     seen = set()
     for spec in cfg.evals:
-        suite = get_suite(spec.suite)
-        if spec.suite in seen:
-            raise UnlearnError(f"suite {spec.suite!r} listed twice in evals: merge its data into one entry")
-        seen.add(spec.suite)
-        suite.check_data(resolve_parts(suite, spec.data), suite.make_config(spec.settings))
+        suite, settings = suite_and_settings(spec.suite, spec.settings)
+        if suite.name in seen:
+            raise UnlearnError(f"suite {suite.name!r} listed twice in evals: merge its data into one entry")
+        seen.add(suite.name)
+        suite.check_data(resolve_parts(suite, spec.data), suite.make_config(settings))
 
 
 def _parent_run(cfg: RunConfig, verify: bool = True) -> tuple[RunConfig, dict | None]:

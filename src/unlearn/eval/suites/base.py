@@ -35,6 +35,7 @@ class Suite:
     run: Callable
     free_parts: bool = False  # any number of parts, named by file (mcq, lm, ...)
     uses: tuple[str, ...] = ()  # "reference" and/or "original": models some metrics need
+    data_optional: bool = False  # runs without --data (lm-eval: the harness's own tasks)
     loaders: dict[str, Callable] = field(default_factory=dict)  # part (or "*") -> loader(path, config)
 
     def check_data(self, files: dict[str, str], config: SuiteConfig) -> None:
@@ -56,7 +57,17 @@ def register(suite: Suite) -> Suite:
 
 
 def get_suite(name: str) -> Suite:
-    return SUITES.lookup(name)
+    """The registered suite ``name`` (``lm-eval:TASK,...`` names the lm-eval suite: see :func:`suite_and_settings`)."""
+    return SUITES.lookup(name.partition(":")[0] if name.startswith("lm-eval:") else name)
+
+
+def suite_and_settings(name: str, settings: dict | None) -> tuple[Suite, dict | None]:
+    """The suite a ``--suite`` / ``evals`` name means, and its settings: ``lm-eval:a,b`` is the lm-eval suite with
+    ``tasks: [a, b]``."""
+    base, sep, tasks = name.partition(":")
+    if sep and base == "lm-eval":
+        return SUITES.lookup(base), {**(settings or {}), "tasks": tasks.split(",")}
+    return SUITES.lookup(name), settings
 
 
 class ModelHandle:
@@ -182,7 +193,7 @@ def resolve_parts(suite: Suite, data: list[str]) -> dict[str, str]:
                 f"{', '.join(suite.parts)}"
             )
         _add(files, match[0], entry, suite)
-    if not files:
+    if not files and not suite.data_optional:
         raise UnlearnError(f"suite {suite.name} needs --data (a benchmark folder, files or PART=PATH)")
     return files
 

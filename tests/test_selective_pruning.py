@@ -703,3 +703,52 @@ def test_eval_source_reports_on_held_out_files(setup, tmp_path):
     assert run.before["retain"] != plain.before["retain"] and run.before["forget"] == plain.before["forget"]
     with pytest.raises(unlearn.UnlearnError, match="data not found"):
         setup["run"]("missing", {"steps": 1}, retain={"source": str(setup["prose"]), "eval_source": "nope.txt"})
+
+
+def test_random_pruning_control_prunes_as_many_neurons_at_random_and_repeats_with_the_seed(run_tiny):
+    """The reviewers' control: the same number of neurons per step, chosen at random (seeded), no statistics."""
+    import json
+
+    cfg = {"ff_frac": 0.1, "attn_frac": 0.0, "steps": 2, "heal_steps": 0}
+    rms = run_tiny("rms", "selective-pruning", cfg)
+    rnd = run_tiny("rnd", "selective-pruning", {**cfg, "importance": "random"})
+    again = run_tiny("rnd2", "selective-pruning", {**cfg, "importance": "random"})
+    other = run_tiny("rnd3", "selective-pruning", {**cfg, "importance": "random"}, seed=1)
+    mean = run_tiny("rndm", "selective-pruning", {**cfg, "importance": "random", "ablation": "mean"})
+
+    def pruned(run):
+        return json.loads((run.run_dir / "pruned_neurons.json").read_text())
+
+    assert rnd.manifest["pruned_total"] == rms.manifest["pruned_total"] == mean.manifest["pruned_total"]
+    assert [s["pruned_this_step"] for s in rnd.metrics["steps"]] == [
+        s["pruned_this_step"] for s in rms.metrics["steps"]
+    ]
+    assert pruned(rnd) == pruned(again) == pruned(mean) and pruned(rnd) != pruned(rms) and pruned(rnd) != pruned(other)
+
+
+def test_random_control_resumes_to_the_uninterrupted_draws(tmp_path, tiny_checkpoint, text_files, monkeypatch):
+    import json
+
+    import unlearn
+    from conftest import small_run_config
+    from unlearn.methods.context import MethodContext
+
+    code, prose = text_files
+    cfg = small_run_config(tiny_checkpoint("llama"), code, prose, tmp_path / "runs")
+    cfg["method_config"] = {"ff_frac": 0.05, "attn_frac": 0.0, "steps": 4, "importance": "random", "heal_steps": 0}
+    whole = unlearn.run({**cfg, "name": "whole"}).run_dir
+    real, calls = MethodContext.evaluate, {"n": 0}
+
+    def evaluate(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # before, step 1, step 2, then Ctrl-C during step 3
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(MethodContext, "evaluate", evaluate)
+        with pytest.raises(KeyboardInterrupt):
+            unlearn.run({**cfg, "name": "cut"})
+    resumed = unlearn.run(resume=tmp_path / "runs" / "cut").run_dir
+    read = lambda d: json.loads((d / "pruned_neurons.json").read_text())  # noqa: E731
+    assert read(resumed) == read(whole)

@@ -31,8 +31,10 @@ from .training import lora_spec
 class SelectivePruningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    importance: Literal["freq", "abs", "rms", "std"] = Field(
-        "rms", description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation"
+    importance: Literal["freq", "abs", "rms", "std", "random"] = Field(
+        "rms",
+        description="per-neuron importance: freq=P(x>0), abs=E|x|, rms=sqrt(E x^2), std=standard deviation; random: "
+        "a control that prunes the same number of neurons chosen at random (seeded), with no statistics",
     )
     ff_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
     attn_frac: float = Field(0.0, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
@@ -177,8 +179,14 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
     resumed = ctx.resumed
     if resumed is not None:  # an interrupted run: continue after its last completed step
         ablation, steps, current = resumed["ablation"], resumed["steps"], resumed["current"]
+    control = torch.Generator().manual_seed(ctx.config.seed) if cfg.importance == "random" else None
+    for _ in range(len(steps) if control is not None else 0):  # resumed: the draws of the steps already done
+        _random_scores(ctx, kinds, control)
     for step in range(len(steps) + 1, cfg.steps + 1):
-        if forget_stats is None or cfg.recollect:
+        if control is not None:  # the random control: statistics only for mean ablation's fill values
+            if cfg.ablation == "mean" and retain_stats is None:
+                retain_stats = ctx.statistics("retain", Ablation(), kinds, needs=("mean",))
+        elif forget_stats is None or cfg.recollect:
             at = ablation if cfg.recollect else Ablation()  # without re-collection: the unpruned model's, once
             forget_stats = ctx.statistics("forget", at, kinds, needs=(cfg.importance,))
             retain_stats = ctx.statistics(
@@ -188,7 +196,8 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
                 needs=(cfg.importance, "mean") if cfg.ablation == "mean" else (cfg.importance,),
             )
         previous = ablation.copy()
-        added = _prune(ctx, cfg, kinds, ablation, forget_stats, retain_stats)
+        randoms = _random_scores(ctx, kinds, control) if control is not None else None
+        added = _prune(ctx, cfg, kinds, ablation, forget_stats, retain_stats, randoms)
         if not any(added.values()):
             stop_reason = "no neurons left to prune"
             break
@@ -233,11 +242,27 @@ def _check_fractions(ctx, cfg: SelectivePruningConfig, kinds: list[str]) -> None
             )
 
 
-def _prune(ctx, cfg: SelectivePruningConfig, kinds, ablation: Ablation, forget_stats, retain_stats) -> dict:
-    """Add one step's neurons of each kind to ``ablation`` (in place); how many were added per kind."""
+def _random_scores(ctx, kinds, generator) -> dict[str, dict[int, torch.Tensor]]:
+    """The random control's scores: uniform draws per neuron, per kind and layer, from the run's seeded
+    generator (one draw per step, so the same seed prunes the same neurons)."""
+    n_layers = ctx.adapter.n_layers(ctx.model)
+    return {
+        kind: {
+            layer: torch.rand(ctx.adapter.n_neurons(ctx.model, kind), generator=generator) for layer in range(n_layers)
+        }
+        for kind in kinds
+    }
+
+
+def _prune(
+    ctx, cfg: SelectivePruningConfig, kinds, ablation: Ablation, forget_stats, retain_stats, randoms=None
+) -> dict:
+    """Add one step's neurons of each kind to ``ablation`` (in place); how many were added per kind. ``randoms``:
+    the random control's scores in place of the importance ratio."""
     added = {}
     for kind in kinds:
-        chosen = select(scores(forget_stats, retain_stats, cfg, kind), ablation, kind, cfg.fraction(kind), cfg.scope)
+        layer_scores = randoms[kind] if randoms is not None else scores(forget_stats, retain_stats, cfg, kind)
+        chosen = select(layer_scores, ablation, kind, cfg.fraction(kind), cfg.scope)
         added[kind] = sum(len(v) for v in chosen.values())
         n = ctx.adapter.n_neurons(ctx.model, kind)
         for layer, idx in chosen.items():

@@ -82,4 +82,11 @@ def test_rwku_and_muse_slices(out):
     )["summary"]
     assert muse["knowmem_forget"]["n"] == 4 and muse["knowmem_retain"]["n"] == 4
     assert 0 <= muse["verbmem"]["rougeL_f1"] <= 1
-    assert 0 <= muse["privleak"]["auc_min_k"] <= 1 and muse["privleak"]["privleak"] is None  # no reference
+    privleak = muse["privleak"]
+    assert privleak["privleak"] is None  # no reference model
+    assert privleak["auc_muse"] == pytest.approx(1 - privleak["auc_min_k"])  # MUSE labels forget texts non-members
+    # the AUC is the one of the saved per-text Min-K scores (forget texts = members)
+    parts = json.loads((out / "eval" / "muse.json").read_text())["parts"]
+    members, holdout = parts["privleak_forget"]["samples"], parts["privleak_holdout"]["samples"]
+    wins = sum((m["min_k"] > h["min_k"]) + 0.5 * (m["min_k"] == h["min_k"]) for m in members for h in holdout)
+    assert privleak["auc_min_k"] == pytest.approx(wins / (len(members) * len(holdout)))

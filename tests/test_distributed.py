@@ -108,7 +108,7 @@ def test_device_map_and_auto_batch_size_give_the_same_run(tmp_path, tiny_checkpo
     plain = unlearn.run({**cfg, "name": "plain"})
     mapped = unlearn.run({**cfg, "name": "mapped", "device_map": "auto", "batch_size": "auto"})
     assert isinstance(mapped.config.batch_size, int) and mapped.config.batch_size > cfg["batch_size"]
-    assert (mapped.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
+    assert (mapped.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()  # noqa: E501
     for which in ("forget", "retain"):
         assert mapped.after[which]["top1"] == plain.after[which]["top1"]
         assert mapped.after[which]["loss"] == pytest.approx(plain.after[which]["loss"], rel=1e-5)

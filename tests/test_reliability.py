@@ -661,7 +661,7 @@ def test_tied_embeddings_round_trip(env, tokenizer):
     assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
     # the pruned model as the run evaluated it: the original with the pruned columns zeroed
     pruned = json.loads((env["out"] / "tied" / "pruned_neurons.json").read_text(encoding="utf-8"))
-    assert set(pruned) == {"ff"} and pruned["ff"]
+    assert set(pruned) == {"ff", "promotes"} and pruned["ff"] and set(pruned["promotes"]["ff"]) == set(pruned["ff"])
     with torch.no_grad():
         for layer, idx in pruned["ff"].items():
             model.model.layers[int(layer)].mlp.down_proj.weight[:, idx] = 0

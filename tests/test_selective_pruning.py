@@ -378,15 +378,15 @@ def test_run_selection_matches_building_blocks(setup):
     step1 = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.125, "global")).items()}
 
     once = setup["run"]("once", {**cfg.model_dump(), "recollect": False})
-    assert json.loads((once.run_dir / "pruned_neurons.json").read_text()) == {"ff": expected}
+    assert _indices(once.run_dir) == {"ff": expected}
     assert once.manifest["pruned_total"] == {"ff": 32, "attn": 0}
 
     first = setup["run"]("first", {**cfg.model_dump(), "steps": 1})
-    assert json.loads((first.run_dir / "pruned_neurons.json").read_text()) == {"ff": step1}
+    assert _indices(first.run_dir) == {"ff": step1}
 
     layer = setup["run"]("layer", {**cfg.model_dump(), "steps": 1, "scope": "layer"})
     by_layer = {str(k): v for k, v in _lists(select(s, Ablation(), "ff", 0.125, "layer")).items()}
-    assert json.loads((layer.run_dir / "pruned_neurons.json").read_text()) == {"ff": by_layer}
+    assert _indices(layer.run_dir) == {"ff": by_layer}
     assert layer.manifest["pruned_neurons_per_layer"] == {"ff": [8, 8], "attn": [0, 0]}
 
 
@@ -527,7 +527,8 @@ def test_prune_then_heal_keeps_pruned_neurons_pruned(setup, ablation):
     mc = {"ff_frac": 0.2, "steps": 2, "ablation": ablation, "heal_target": "nll", "heal_floor_scale": 1}
     plain = setup["run"]("plain-" + ablation, mc)
     healed = setup["run"]("healed-" + ablation, {**mc, "heal_steps": 8, "heal_lr": 3e-3})
-    assert (healed.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
+    # the same neurons (the tokens they promote are read through each saved model's own final norm)
+    assert _indices(healed.run_dir) == _indices(plain.run_dir)
     assert len(healed.metrics["train_log"]) == 8 and "healed 8 steps" in healed.metrics["stop_reason"]
     before_heal = healed.manifest["method_facts"]["before_heal"]
     assert before_heal["retain"]["loss"] == pytest.approx(plain.after["retain"]["loss"])
@@ -566,7 +567,7 @@ def test_heal_forget_floor_keeps_forget_loss_up(setup):
     mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 12, "heal_lr": 3e-3, "heal_target": "nll", "heal_floor_scale": 1}
     plain = setup["run"]("heal-plain", {**mc, "heal_forget_weight": 0.0})
     floored = setup["run"]("heal-floor", {**mc, "heal_forget_weight": 5.0})
-    assert (floored.run_dir / "pruned_neurons.json").read_text() == (plain.run_dir / "pruned_neurons.json").read_text()
+    assert _indices(floored.run_dir) == _indices(plain.run_dir)  # the same neurons (read through each own model)
     floor = floored.manifest["method_facts"]["heal_forget_floor"]
     assert "forget floor" in floored.metrics["stop_reason"]
     # the floor is the pruned model's forget loss (its statistics chunks are the run's forget training data)
@@ -752,3 +753,38 @@ def test_random_control_resumes_to_the_uninterrupted_draws(tmp_path, tiny_checkp
     resumed = unlearn.run(resume=tmp_path / "runs" / "cut").run_dir
     read = lambda d: json.loads((d / "pruned_neurons.json").read_text())  # noqa: E731
     assert read(resumed) == read(whole)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_promoted_tokens_read_each_pruned_neuron_through_the_unembedding(family, tokenizer):
+    from conftest import tiny_model
+    from unlearn.models.adapters import adapter_for
+    from unlearn.models.inspect import promoted_tokens
+
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    got = promoted_tokens(model, adapter, tokenizer, {1: [3, 7]}, k=5)
+    weight = adapter.out_proj(model, 1, "ff").weight
+    for i in (3, 7):
+        column = weight[i] if adapter.conv1d else weight[:, i]  # the neuron's write vector
+        logits = adapter.unembed(model, column[None])[0]
+        assert got[1][i] == [tokenizer.decode([t]) for t in logits.topk(5).indices.tolist()]
+
+
+def test_a_run_records_and_reports_what_the_pruned_neurons_promote(run_tiny):
+    import json
+
+    run = run_tiny("p", "selective-pruning", {"ff_frac": 0.1, "attn_frac": 0.0, "steps": 1, "heal_steps": 0})
+    pruned = json.loads((run.run_dir / "pruned_neurons.json").read_text())
+    promotes = pruned["promotes"]["ff"]
+    assert {layer: sorted(map(int, neurons)) for layer, neurons in promotes.items()} == pruned["ff"]
+    assert all(len(tokens) == 10 for neurons in promotes.values() for tokens in neurons.values())
+    assert "What was pruned: these neurons promote" in (run.run_dir / "report.md").read_text()
+
+
+def _indices(run_dir) -> dict:
+    """pruned_neurons.json without the tokens the neurons promote: the pruned indices per kind and layer."""
+    import json
+
+    data = json.loads((run_dir / "pruned_neurons.json").read_text())
+    return {k: v for k, v in data.items() if k != "promotes"}

@@ -16,6 +16,7 @@ from ..config import RunConfig
 from ..errors import DiskFull, UnlearnError, from_os_error
 from ..models.adapters import adapter_for
 from ..models.hooks import Ablation
+from ..models.inspect import promoted_tokens
 from ..models.load import LoadedModel, check_seq_len, load_model, state_dict_hash
 from ..models.save import check_foldable, check_space, fold, model_bytes, save_checkpoint
 from ..progress import Reporter
@@ -176,6 +177,7 @@ class _State:
     after: dict = field(default_factory=dict)
     model: object = None
     out_hash: str | None = None
+    promotes: dict = field(default_factory=dict)  # the tokens each pruned feed-forward neuron promotes
 
     @contextlib.contextmanager
     def timed(self, stage: str):
@@ -280,6 +282,11 @@ def _unlearn(state: _State) -> None:
         loaded.dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[
             next(result.model.parameters()).dtype
         ]
+    if result.ablation is not None and state.main:  # read before the pruned columns are folded away
+        ff = result.ablation.indices().get("ff") or {}
+        if ff:
+            promotes = promoted_tokens(loaded.model, state.adapter, loaded.tokenizer, ff)
+            state.promotes = {"promotes": {"ff": promotes}}
     state.result = result
 
 
@@ -332,7 +339,7 @@ def _save(state: _State, scratch: Path) -> tuple[dict, dict]:
         if main:
             folder.write_config(cfg.model_dump())
             folder.write_json("metrics.json", metrics)
-            folder.write_json("pruned_neurons.json", ablation.indices())
+            folder.write_json("pruned_neurons.json", {**ablation.indices(), **state.promotes})
             manifest["files"] = run_file_hashes(folder)  # manifest.json itself is written last
             folder.write_json(MANIFEST, manifest)
     return metrics, manifest

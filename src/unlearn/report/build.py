@@ -284,7 +284,42 @@ def _pruned(run: Run) -> Section | None:
             + [value_cell(run, MF, "pruned_neurons_per_layer", kind, layer) for kind in counts],
         )
     sec.blocks.append(Details("per-layer counts", blocks=[per_layer]))
+    sec.blocks += _promoted(run)
     return sec
+
+
+def _promoted(run: Run, shown: int = 8) -> list:
+    """What the pruned feed-forward neurons promote: per layer, the tokens most often among their neurons' top
+    tokens (read through the unembedding), and the same over all layers."""
+    from collections import Counter
+
+    layers = get(run.pruned, "promotes", "ff")
+    if not isinstance(layers, dict) or not layers:
+        return []
+    overall, rows = Counter(), []
+    for layer, neurons in sorted(layers.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0):
+        if not isinstance(neurons, dict):
+            continue
+        counts = Counter(
+            t for tokens in neurons.values() if isinstance(tokens, list) for t in tokens if isinstance(t, str)
+        )
+        overall.update(counts)
+        rows.append((str(layer), len(neurons), counts))
+    if not rows:
+        return []
+    quote = lambda tokens: ", ".join(repr(t) for t, _ in tokens.most_common(shown))  # noqa: E731
+    t = Table(["layer", "pruned feed-forward neurons", "tokens they promote most often"], name="promoted")
+    for layer, n, counts in rows:
+        t.add(
+            f"promoted.{layer}",
+            [Cell(layer, run=run.index), Cell(str(n), run=run.index), Cell(quote(counts), run=run.index, code=True)],
+        )
+    t.caption = (
+        "Each pruned neuron's output weights read through the final norm and the unembedding (as the logit lens "
+        "reads a hidden state): its 10 most promoted tokens; per layer, the tokens most often among them."
+    )
+    summary = Para(f"What was pruned: these neurons promote {quote(overall)}.")
+    return [summary, Details("tokens the pruned neurons promote, per layer", blocks=[t])]
 
 
 def _suites(run: Run) -> Section | None:

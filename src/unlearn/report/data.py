@@ -61,6 +61,7 @@ class Run:
     config_text: str | None
     config: dict
     problems: list[str] = field(default_factory=list)  # malformed values, shown when rendered without verifying
+    pruned: dict | None = None  # pruned_neurons.json (with the tokens each pruned feed-forward neuron promotes)
 
     @property
     def name(self) -> str:
@@ -81,6 +82,7 @@ def load_run(path: str | Path, index: int = 0) -> Run:
     metrics = read_json(p / "metrics.json")
     manifest = read_json(p / MANIFEST)
     audit = read_json(p / "audit.json", required=False)
+    pruned = read_json(p / "pruned_neurons.json", required=False)
     config_text, config = None, {}
     cfg = p / "config.yaml"
     if cfg.is_file():
@@ -95,7 +97,7 @@ def load_run(path: str | Path, index: int = 0) -> Run:
         except yaml.YAMLError:
             loaded = None  # shown as text anyway; only the budget settings are read from it
         config = loaded if isinstance(loaded, dict) else {}
-    return Run(index, p, metrics, manifest, audit, config_text, config)
+    return Run(index, p, metrics, manifest, audit, config_text, config, pruned=pruned)
 
 
 # ----------------------------------------------------------------------------------------------------------------

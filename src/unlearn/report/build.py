@@ -301,7 +301,11 @@ def _promoted(run: Run, shown: int = 8) -> list:
         if not isinstance(neurons, dict):
             continue
         counts = Counter(
-            t for tokens in neurons.values() if isinstance(tokens, list) for t in tokens if isinstance(t, str)
+            t
+            for tokens in neurons.values()
+            if isinstance(tokens, list)
+            for t in tokens
+            if isinstance(t, str) and t.strip() and "\ufffd" not in t  # no blanks or partial UTF-8 bytes
         )
         overall.update(counts)
         rows.append((str(layer), len(neurons), counts))
@@ -316,7 +320,8 @@ def _promoted(run: Run, shown: int = 8) -> list:
         )
     t.caption = (
         "Each pruned neuron's output weights read through the final norm and the unembedding (as the logit lens "
-        "reads a hidden state): its 10 most promoted tokens; per layer, the tokens most often among them."
+        "reads a hidden state): its 10 most promoted tokens; per layer, the tokens most often among them (blank "
+        "tokens and partial UTF-8 bytes left out)."
     )
     summary = Para(f"What was pruned: these neurons promote {quote(overall)}.")
     return [summary, Details("tokens the pruned neurons promote, per layer", blocks=[t])]

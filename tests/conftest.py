@@ -60,6 +60,22 @@ def invoke(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def ctrl_c_at_evaluation(mp: pytest.MonkeyPatch, n: int) -> None:
+    """Make the ``n``-th evaluation of a run raise KeyboardInterrupt (evaluation 1 is the baseline, then one per
+    pruning step): an interruption at a known point of the method."""
+    from unlearn.methods.context import MethodContext
+
+    real, calls = MethodContext.evaluate, {"n": 0}
+
+    def evaluate(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    mp.setattr(MethodContext, "evaluate", evaluate)
+
+
 def tree_hash(path: Path) -> str:
     """sha256 over the relative names and bytes of every file under ``path``."""
     digest = hashlib.sha256()

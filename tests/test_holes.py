@@ -14,7 +14,7 @@ import shutil
 
 import click
 import pytest
-from conftest import assert_refused, invoke, small_run_config, tree_hash
+from conftest import assert_refused, ctrl_c_at_evaluation, invoke, small_run_config, tree_hash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -216,21 +216,12 @@ def test_bad_reference_is_named_before_any_evaluation(env, monkeypatch):
 @pytest.fixture
 def interrupted(tmp_path, tiny_checkpoint, text_files, monkeypatch):
     """A pruning run stopped by Ctrl-C in its third step: its work folder, with a checkpoint after step 2."""
-    from unlearn.methods.context import MethodContext
 
     code, prose = text_files
     cfg = small_run_config(tiny_checkpoint("llama"), code, prose, tmp_path / "runs", name="cut")
     cfg["method_config"] = {"ff_frac": 0.05, "attn_frac": 0.0, "steps": 4}
-    real, calls = MethodContext.evaluate, {"n": 0}
-
-    def evaluate(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # before, step 1, step 2, then Ctrl-C during step 3
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
     with monkeypatch.context() as mp:
-        mp.setattr(MethodContext, "evaluate", evaluate)
+        ctrl_c_at_evaluation(mp, 4)  # before, step 1, step 2, then Ctrl-C during step 3
         with pytest.raises(KeyboardInterrupt):
             unlearn.run(cfg)
     work = tmp_path / "runs" / ".cut.incomplete"
@@ -261,17 +252,7 @@ def test_an_unreadable_checkpoint_keeps_the_work_folder(interrupted):
 
 
 def test_ctrl_c_exits_130_with_the_resume_hint_also_when_quiet(env, monkeypatch):
-    from unlearn.methods.context import MethodContext
-
-    real, calls = MethodContext.evaluate, {"n": 0}
-
-    def evaluate(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(MethodContext, "evaluate", evaluate)
+    ctrl_c_at_evaluation(monkeypatch, 3)
     code, _, err = invoke(*env["base"], *STEPS, "--name", "cut", "--quiet")
     assert code == 130, err
     assert f"interrupted: continue with `unlearn run --resume {env['out'] / 'cut'}`" in err

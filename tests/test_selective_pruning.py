@@ -731,23 +731,14 @@ def test_random_control_resumes_to_the_uninterrupted_draws(tmp_path, tiny_checkp
     import json
 
     import unlearn
-    from conftest import small_run_config
-    from unlearn.methods.context import MethodContext
+    from conftest import ctrl_c_at_evaluation, small_run_config
 
     code, prose = text_files
     cfg = small_run_config(tiny_checkpoint("llama"), code, prose, tmp_path / "runs")
     cfg["method_config"] = {"ff_frac": 0.05, "attn_frac": 0.0, "steps": 4, "importance": "random", "heal_steps": 0}
     whole = unlearn.run({**cfg, "name": "whole"}).run_dir
-    real, calls = MethodContext.evaluate, {"n": 0}
-
-    def evaluate(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # before, step 1, step 2, then Ctrl-C during step 3
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
     with monkeypatch.context() as mp:
-        mp.setattr(MethodContext, "evaluate", evaluate)
+        ctrl_c_at_evaluation(mp, 4)  # before, step 1, step 2, then Ctrl-C during step 3
         with pytest.raises(KeyboardInterrupt):
             unlearn.run({**cfg, "name": "cut"})
     resumed = unlearn.run(resume=tmp_path / "runs" / "cut").run_dir

@@ -71,6 +71,25 @@ def test_fisher_matches_hand_rolled_squared_gradients():
     torch.testing.assert_close(three[name], sum(p[name] for p in parts) / 3, rtol=1e-4, atol=1e-12)
 
 
+def test_per_token_fisher_weights_batches_by_their_scored_tokens():
+    # FILA's importance: I = Σ_b n_b·g_b² / Σ_b n_b, n_b the labels ≠ −100 of batch b (before the shift)
+    model = tiny_model("llama")
+    split = _split(n_chunks=2, seq=8)
+    split.special[1, :5] = True  # the second chunk scores fewer tokens: 3 labels against 7
+    got = fisher_diagonal(model, split, batch_size=1, max_batches=None, seed=0, per_token=True)
+    parts, counts = [], []
+    for i in range(2):
+        one = TokenSplit(split.input_ids[i : i + 1], split.special[i : i + 1])
+        parts.append(fisher_diagonal(model, one, batch_size=1, max_batches=None, seed=0))
+        counts.append(int((~split.special[i]).sum()))
+    assert counts == [7, 3]
+    name = "model.layers.1.self_attn.q_proj.weight"
+    expected = (counts[0] * parts[0][name] + counts[1] * parts[1][name]) / 10
+    torch.testing.assert_close(got[name], expected, rtol=1e-4, atol=1e-12)
+    plain = fisher_diagonal(model, split, batch_size=1, max_batches=None, seed=0)
+    torch.testing.assert_close(plain[name], (parts[0][name] + parts[1][name]) / 2, rtol=1e-4, atol=1e-12)
+
+
 def test_task_vector_arithmetic():
     base = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.5]])}
     tuned = {"a": torch.tensor([1.5, 1.0]), "b": torch.tensor([[0.25]])}

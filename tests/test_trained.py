@@ -268,16 +268,22 @@ def test_budget_stops_training_and_restores_the_last_state_within_budget(tmp_pat
 
 
 def test_fila_factors_and_initialisation_keep_the_model_unchanged(run_tiny):
-    from unlearn.methods.fila import fila_factors
+    from unlearn.methods.fila import EPS, fila_factors
 
     torch.manual_seed(0)
     w = torch.randn(6, 4)
-    # equal row importance: FILA is the plain truncated SVD; full rank reproduces W
+    # equal row importance: FILA is the plain truncated SVD; full rank reproduces W (up to the 1e-5 in 1/(r+eps))
     b, a = fila_factors(w, torch.ones(6, 4), 4)
-    assert torch.allclose(b @ a, w, atol=1e-5)
+    assert torch.allclose(b @ a, w, atol=1e-4)
     b1, a1 = fila_factors(w, torch.ones(6, 4), 1)
     u, s, vh = torch.linalg.svd(w)
-    assert torch.allclose(b1 @ a1, s[0] * u[:, :1] @ vh[:1], atol=1e-5)
+    assert torch.allclose(b1 @ a1, s[0] * u[:, :1] @ vh[:1], atol=1e-4)
+    # the authors' split with LoRA scaling s: A = (S/s)^½ Vᵀ, B = U (S/s)^½ / (r + 1e-5), so s·B·A ≈ W
+    imp = torch.full((6, 4), 0.25)  # row sums 1: r = 1
+    b2, a2 = fila_factors(w, imp, 2, scaling=4.0)
+    torch.testing.assert_close(a2.norm(dim=1), (s[:2] / 4).sqrt(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(b2.norm(dim=0), (s[:2] / 4).sqrt() / (1 + EPS), rtol=1e-5, atol=0)
+    torch.testing.assert_close(4.0 * b2 @ a2, s[0] * u[:, :1] @ vh[:1] + s[1] * u[:, 1:2] @ vh[1:2], atol=1e-4, rtol=0)
     # a row with huge importance is reproduced first by a rank-1 factorisation
     imp = torch.ones(6, 4)
     imp[2] = 1e6

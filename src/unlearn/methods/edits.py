@@ -78,6 +78,7 @@ def fisher_diagonal(
     seed: int,
     exclude: Iterable[str] = (),
     progress: Callable[[int], None] | None = None,
+    per_token: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher importance of every parameter on a token split: I = mean over batches of (∂NLL/∂θ)².
 
@@ -91,6 +92,9 @@ def fisher_diagonal(
     cut to ``max_batches`` when set). Gradients and importances are float32 (the model must be float32); the
     model runs in eval mode (no dropout). Parameters whose name contains an ``exclude`` substring are skipped.
     Returns ``{parameter name: importance}`` (names as in ``named_parameters``, tied weights once).
+
+    ``per_token=True`` weights each batch's squared gradient by its number of scored tokens and divides by the
+    total (I = Σ_b n_b·g_b² / Σ_b n_b), as the FILA authors' importance code does.
     """
     n_chunks = len(split.input_ids)
     n_batches = math.ceil(n_chunks / batch_size)
@@ -105,6 +109,7 @@ def fisher_diagonal(
     model.requires_grad_(False)
     for p in params.values():
         p.requires_grad_(True)
+    total = 0
     try:
         with torch.enable_grad():
             source = batches(split, batch_size, seed)
@@ -114,9 +119,11 @@ def fisher_diagonal(
                     p.grad = None
                 loss = L.nll(_logits(model, batch), batch["labels"])
                 loss.backward()
+                weight = _scored_tokens(batch) if per_token else 1
+                total += weight
                 for n, p in params.items():
                     if p.grad is not None:
-                        importances[n] += p.grad.detach().float().square()
+                        importances[n] += p.grad.detach().float().square() * weight
                 if progress is not None:
                     progress(batch["input_ids"].numel())
     finally:
@@ -125,8 +132,14 @@ def fisher_diagonal(
             p.requires_grad_(grad_state[n])
         model.train(was_training)
     for imp in importances.values():
-        imp /= max(1, n_batches)
+        imp /= max(1, total)
     return importances
+
+
+def _scored_tokens(batch: dict) -> int:
+    """Labels ≠ −100 in ``batch``, counted before the next-token shift as the FILA code counts them (on QA
+    records, where the first label is a prompt token, this is exactly the number of scored tokens)."""
+    return int((batch["labels"] != -100).sum())
 
 
 @torch.no_grad()

@@ -134,7 +134,7 @@ def ihl(ctx, cfg: IHLConfig):
         from .fila import fila_init
 
         model = ctx.model.float()
-        kw = dict(batch_size=cfg.batch_size, max_batches=cfg.fila_batches, seed=ctx.config.seed)
+        kw = dict(batch_size=cfg.batch_size, max_batches=cfg.fila_batches, seed=ctx.config.seed, per_token=True)
         fisher_f = fisher_diagonal(model, ctx.forget.stats, **kw)
         fisher_r = fisher_diagonal(model, ctx.retain.stats, **kw)
 

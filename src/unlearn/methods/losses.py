@@ -16,9 +16,9 @@ IGNORE = -100
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(label_{t+1} | ≤ t) per position [B, T−1], mask of scored positions [B, T−1])."""
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    targets = labels[:, 1:]
     mask = targets != IGNORE
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    lp = _BlockLogprob.apply(logits, targets.clamp_min(0))
     return lp * mask, mask
 
 
@@ -52,19 +52,88 @@ def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Te
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over scored positions of KL(p_ref ‖ p_model) of the next-token distributions: prune-then-heal's
     distillation loss (selective pruning's ``heal_target="kl"``), which heals only the positions it scores. The
-    trained methods' KL retain term is :func:`kl_all_positions`."""
+    trained methods' KL retain term is :func:`kl_all_positions`.
+
+    Computed in float32 a block of positions at a time (:class:`_BlockKL`): no vocabulary-sized float32 tensor of
+    the whole batch is made, in the forward or the backward pass (each would be 100 MB for 2 × 256 tokens of a
+    49k vocabulary), and only the logits themselves are kept for the backward pass."""
     mask = labels[:, 1:] != IGNORE
-    # KL = Σ p_ref log p_ref − Σ p_ref log p_model: the reference's half is computed without a graph and its log
-    # probabilities freed before the model's are made, so that fewer vocabulary-sized temporaries live at once
-    # (each is 100 MB for 2 × 256 tokens of a 49k vocabulary in float32)
-    with torch.no_grad():
-        lr = torch.log_softmax(ref_logits[:, :-1].float(), -1)
-        p_ref = lr.exp()
-        neg_entropy = (p_ref * lr).sum(-1)
-        del lr
-    lp = torch.log_softmax(logits[:, :-1].float(), -1)
-    kl = neg_entropy - (p_ref * lp).sum(-1)
+    kl = _BlockKL.apply(logits, ref_logits.detach())
     return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+KL_BLOCK = 64  # positions per block: 64 × 49k float32 is 12.6 MB per temporary
+
+
+class _BlockKL(torch.autograd.Function):
+    """KL(softmax(ref) ‖ softmax(z)) at every position t < T − 1 of ``logits`` [B, T, V] (position t predicts
+    t + 1), as [B, T − 1] float32, computed in blocks of positions. Forward: Σ p_ref·log p_ref − Σ p_ref·log p.
+    Backward (the gradient of log-softmax): ∂KL_t/∂z_t = softmax(z_t)·Σ p_ref − p_ref, times the incoming
+    gradient, computed with autograd's own kernel on each block (the same numbers as without blocks); the last
+    position (no next token) gets none."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+        b, t, _ = logits.shape
+        out = torch.empty(b, t - 1, dtype=torch.float32, device=logits.device)
+        for i, j, k in _blocks(b, t - 1):
+            lr = torch.log_softmax(ref_logits[i, j:k].float(), -1)
+            p_ref = lr.exp()
+            neg_entropy = (p_ref * lr).sum(-1)
+            del lr
+            lp = torch.log_softmax(logits[i, j:k].float(), -1)
+            out[i, j:k] = neg_entropy - (p_ref * lp).sum(-1)
+        ctx.save_for_backward(logits, ref_logits)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, ref_logits = ctx.saved_tensors
+        b, t, _ = logits.shape
+        out = torch.zeros_like(logits)
+        for i, j, k in _blocks(b, t - 1):
+            p_ref = torch.log_softmax(ref_logits[i, j:k].float(), -1).exp()  # as the forward made it
+            lp = torch.log_softmax(logits[i, j:k].float(), -1)
+            # autograd's own steps for −Σ p_ref·log_softmax(z), so the gradient is the unblocked one to the bit
+            g_lp = -grad[i, j:k, None] * p_ref
+            out[i, j:k] = torch._log_softmax_backward_data(g_lp, lp, -1, torch.float32).to(out.dtype)
+        return out, None
+
+
+class _BlockLogprob(torch.autograd.Function):
+    """log softmax(z_t)[y_t] at every position t < T − 1 of ``logits`` [B, T, V], ``targets`` [B, T − 1], as
+    [B, T − 1] float32, a block of positions at a time (see :class:`_BlockKL`): the same numbers, forward and
+    backward, as ``log_softmax(logits[:, :-1].float()).gather(targets)`` without its vocabulary-sized float32
+    tensors of the whole batch."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        b, t, _ = logits.shape
+        out = torch.empty(b, t - 1, dtype=torch.float32, device=logits.device)
+        for i, j, k in _blocks(b, t - 1):
+            lp = torch.log_softmax(logits[i, j:k].float(), -1)
+            out[i, j:k] = lp.gather(-1, targets[i, j:k, None]).squeeze(-1)
+        ctx.save_for_backward(logits, targets)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, targets = ctx.saved_tensors
+        b, t, v = logits.shape
+        out = torch.zeros_like(logits)
+        for i, j, k in _blocks(b, t - 1):
+            lp = torch.log_softmax(logits[i, j:k].float(), -1)
+            g_lp = torch.zeros(k - j, v, dtype=torch.float32, device=logits.device)
+            g_lp.scatter_add_(-1, targets[i, j:k, None], grad[i, j:k, None].float())
+            out[i, j:k] = torch._log_softmax_backward_data(g_lp, lp, -1, torch.float32).to(out.dtype)
+        return out, None
+
+
+def _blocks(batch: int, positions: int):
+    """(sequence, first position, end) of every block of :data:`KL_BLOCK` positions."""
+    for i in range(batch):
+        for j in range(0, positions, KL_BLOCK):
+            yield i, j, min(positions, j + KL_BLOCK)
 
 
 def npo(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import UnlearnError
-from ..models.memory import large_frees_returned
+from ..models.memory import BF16_TRAINING_THRESHOLD, large_frees_returned, release_freed
 from .registry import MethodResult
 
 
@@ -171,7 +171,10 @@ def train(
     start, stop_reason = time.perf_counter(), f"completed {cfg.steps} steps"
     every = cfg.eval_every or (5 if ctx.budgeted else 0)
     model.train()
-    allocator = large_frees_returned() if cpu else contextlib.nullcontext()
+    allocator = contextlib.nullcontext()
+    if cpu:  # under bf16 autocast: a higher threshold, and the heap trimmed after every step (see there)
+        allocator = large_frees_returned(BF16_TRAINING_THRESHOLD) if bf16 else large_frees_returned()
+        run.trim = bf16
     with allocator, ctx.reporter.task("training", cfg.steps, unit="steps") as advance:
         advance(run.done)
         for step in range(run.done + 1, cfg.steps + 1):
@@ -248,6 +251,7 @@ class _Loop:
         self.accelerator, self.model, self.params = accelerator, model, params
         self.optimizer, self.schedule, self.template = optimizer, schedule, template
         self.done, self.log, self.steps, self.kept, self.kept_step = 0, [], [], kept, 0
+        self.trim = False  # release the heap's freed memory after every step (bf16 autocast on the CPU)
 
     def resume(self, resumed: dict, streams, grad_accum: int) -> None:
         """Continue from a checkpoint written by :meth:`state`, with the batch streams where they were."""
@@ -279,6 +283,8 @@ class _Loop:
                 if accelerator.sync_gradients:
                     self.schedule.step()
                 self.optimizer.zero_grad()
+                if self.trim:
+                    release_freed()
             for k, v in {"loss": loss, **parts}.items():  # logged: the mean over processes
                 v = accelerator.reduce(v.detach(), "mean") if accelerator.num_processes > 1 else v.detach()
                 terms[k] = terms.get(k, 0.0) + float(v) / cfg.grad_accum

@@ -340,21 +340,3 @@ def test_lora_flag(tmp_path, tiny_checkpoint, text_files):
     assert "lora: r=4" in (tmp_path / "runs" / "l" / "config.yaml").read_text()
     r = CliRunner().invoke(main, [*args[:-2], "--lora", "r=0", "--name", "m"], catch_exceptions=False)
     assert r.exit_code == 2 and "lora" in r.stderr.lower()
-
-
-def test_a_float32_trained_model_of_a_bf16_run_is_measured_at_bf16():
-    from types import SimpleNamespace
-
-    from conftest import tiny_model
-    from unlearn.methods.context import MethodContext
-
-    model = tiny_model("llama")
-    bf16_run = MethodContext(SimpleNamespace(dtype="bf16"), None, None, None, None, None)
-    fp32_run = MethodContext(SimpleNamespace(dtype="fp32"), None, None, None, None, None)
-    ids = torch.randint(3, 300, (1, 12))
-    with bf16_run.precision(model):
-        assert model(input_ids=ids).logits.dtype == torch.bfloat16  # matrix products under bf16 autocast
-    with fp32_run.precision(model):
-        assert model(input_ids=ids).logits.dtype == torch.float32
-    with bf16_run.precision(model.to(torch.bfloat16)):  # a bf16 model runs as it is
-        assert not torch.is_autocast_enabled("cpu")

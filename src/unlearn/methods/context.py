@@ -8,8 +8,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import torch
 from ..config import RunConfig
 from ..data.chunking import Corpus
 from ..errors import UnlearnError
@@ -65,10 +63,6 @@ class MethodContext:
     folder: RunFolder | None = None  # the run's work folder (process 0), where checkpoints go
     resumed: dict | None = None  # the last checkpoint of the interrupted run being resumed
     model_sha256: str = ""
-    run_dtype: str = ""  # the dtype the model was loaded in (the loaded model's, unless given)
-
-    def __post_init__(self) -> None:
-        self.run_dtype = self.run_dtype or self.loaded.dtype
 
     def save_checkpoint(self, state: dict) -> None:
         """Keep the method's state (replacing the previous one) so that ``--resume`` can continue from it."""
@@ -157,21 +151,11 @@ class MethodContext:
         return out
 
     def _score(self, model, chunks, description: str) -> dict:
-        """Next-token metrics of ``model`` on ``chunks``, with a progress bar, at the run's precision."""
-        with self.reporter.task(description, chunks.n_tokens) as advance, self.precision(model):
+        """Next-token metrics of ``model`` on ``chunks``, with a progress bar."""
+        with self.reporter.task(description, chunks.n_tokens) as advance:
             return evaluate_split(
                 model, chunks, batch_size=self.config.batch_size, skip_k=self.config.skip_k, progress=advance
             )
-
-    def precision(self, model):
-        """The run's precision for measuring ``model``: a bf16 run trains float32 master weights under bf16
-        autocast, and a model so trained is measured the same way (its matrix products in bf16, as the original
-        was measured and as it was trained) rather than in float32, which would mix a change of precision into the
-        before → after change. Any other model runs as it is."""
-        param = next(model.parameters(), None)
-        if self.run_dtype != "bf16" or param is None or param.dtype != torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(param.device.type, torch.bfloat16)
 
     original: object | None = None  # a frozen copy of the model before unlearning (for a KL budget)
     utility: Corpus | None = None  # general text that no step of the method sees: evaluated before and after

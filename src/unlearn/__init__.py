@@ -16,6 +16,7 @@ from .api import (  # noqa: E402
     run,
     sign,
     suites,
+    sweep,
 )
 from .config import DataConfig, RunConfig, StopConfig  # noqa: E402
 from .errors import UnlearnError  # noqa: E402
@@ -38,5 +39,6 @@ __all__ = [
     "run",
     "sign",
     "suites",
+    "sweep",
     "__version__",
 ]

@@ -13,6 +13,7 @@ from .pipeline.evaluate import evaluate, evaluate_suite
 from .pipeline.launch import launch
 from .pipeline.learn import learn
 from .pipeline.run import RunResult, run, write_report
+from .pipeline.sweep import parse_grid, sweep
 from .pipeline.validate import coerce_config
 
 __all__ = [
@@ -26,10 +27,12 @@ __all__ = [
     "learn",
     "ledger",
     "methods",
+    "parse_grid",
     "report",
     "run",
     "sign",
     "suites",
+    "sweep",
     "write_report",
 ]
 

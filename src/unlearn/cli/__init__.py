@@ -5,7 +5,7 @@ Bad input (anything raising :class:`UnlearnError`) prints one line, ``error: ...
 
 from __future__ import annotations
 
-from . import commands, eval, records, run  # noqa: F401  (register the commands on the group)
+from . import commands, eval, records, run, sweep  # noqa: F401  (register the commands on the group)
 from .group import main
 
 __all__ = ["main"]

@@ -221,7 +221,7 @@ def run(**opts):
     """
     from .. import api
 
-    values = _settings(opts)
+    values = settings(opts)
     console = None if opts["quiet"] else console_for()
     launcher, n, accelerate_config = opts["launcher"], opts["num_processes"], opts["accelerate_config"]
     if opts["resume"] is not None:
@@ -271,7 +271,7 @@ RUN_SETTINGS = (
 METHOD_FLAGS = ("importance", "ff_frac", "attn_frac", "steps", "scope", "ablation", "lora")
 
 
-def _settings(opts: dict) -> dict:
+def settings(opts: dict) -> dict:
     """The run's settings: the config file's, with the flags given on top."""
     from ..config import load_config_file
 

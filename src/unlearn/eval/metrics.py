@@ -106,3 +106,21 @@ def evaluate_split(
 def relative_drop(before: float, after: float) -> float:
     """(before − after) / before; 0 when ``before`` is 0."""
     return (before - after) / before if before else 0.0
+
+
+def pareto_front(points: list[tuple[float | None, float | None]]) -> set[int]:
+    """Indices of the points (forget drop, retain drop) that no other point dominates: none forgets at least as
+    much while damaging retain at most as much, and is strictly better in one of the two. Points with a missing
+    value are never on the front."""
+    front = set()
+    for i, (f, r) in enumerate(points):
+        if f is None or r is None:
+            continue
+        dominated = any(
+            g is not None and s is not None and g >= f and s <= r and (g > f or s < r)
+            for j, (g, s) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.add(i)
+    return front

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from . import plots
-from .common import A, M, MF, parent_cell, plain, recovery_class, sid
+from .common import A, M, MF, pareto_labels, parent_cell, plain, recovery_class, sid
 from .records import audit_section, earlier_section, manifest_section
 from .data import (
     Cell,
@@ -404,12 +404,14 @@ def _comparison(runs: list[Run]) -> list[Section]:
         "retain top1 drop",
         "pruned FF",
         "pruned attention",
+        "Pareto front",
     ]
+    fronts = pareto_labels(runs)
     audited = any(r.audit is not None for r in runs)
     if audited:
         cols.append("max audit recovery")
     t = Table(cols, name="comparison")
-    for run in runs:
+    for i, run in enumerate(runs):
         cells = [Cell(run.name, run=run.index), Cell(run.method, run=run.index)]
         for which in ("forget", "retain"):
             cells += [
@@ -418,10 +420,14 @@ def _comparison(runs: list[Run]) -> list[Section]:
                 _drop_cell(run, which),
             ]
         cells += [value_cell(run, MF, "pruned_total", k) for k in ("ff", "attn")]
+        cells.append(Cell(fronts[i], run=run.index))
         if audited:
             cells.append(_max_recovery_cell(run))
         t.add(f"run.{run.index}", cells)
-    t.caption = "Held-out top-1 accuracy; drop = (before − after) / before."
+    t.caption = (
+        "Held-out top-1 accuracy; drop = (before − after) / before. Pareto front: no other run here forgets at least "
+        "as much with at most as much retain damage (top-1, or skip50 top-1) and does better on one of the two."
+    )
     sec = Section("Comparison", "comparison", [t], level=2)
     series = [{"label": r.name, "points": tradeoff_points(r)} for r in runs]
     series = [s for s in series if s["points"]]

@@ -88,3 +88,25 @@ def test_sweep_cli_and_bad_input(tmp_path, tiny_checkpoint, text_files):
     assert not any((out / "bad").glob("*/manifest.json"))
     code_, _, err = invoke(*base, "--name", "bad2", "--grid", "ff_frac")
     assert code_ == 2 and "KEY=VALUE" in err
+
+
+def test_random_control_beside_the_run(tmp_path, tiny_checkpoint, text_files):
+    code, prose = text_files
+    out = tmp_path / "runs"
+    cfg = small_run_config(tiny_checkpoint("llama"), code, prose, out, name="sp", control="random", report=True)
+    cfg["method_config"] = {"ff_frac": 0.05, "steps": 2}
+    result = unlearn.run(cfg)
+    control = out / "sp-control-random"
+    assert result.metrics["control"] == {"random": "sp-control-random"}
+    ccfg = (control / "config.yaml").read_text()
+    assert "importance: random" in ccfg and "control: null" in ccfg and not (control / "report.html").exists()
+    cm = json.loads((control / "metrics.json").read_text())
+    assert [s["pruned_total"] for s in cm["steps"]] == [s["pruned_total"] for s in result.metrics["steps"]]
+    html = (result.run_dir / "report.html").read_text(encoding="utf-8")
+    assert "random control (sp-control-random)" in html
+    # only selective pruning has a random control; refused before any work
+    code_, _, err = invoke(
+        "run", "--model", str(tiny_checkpoint("llama")), "--forget", str(code), "--retain", str(prose),
+        "--out", str(out), "--name", "npo", "--method", "npo", "--control", "random",
+    )  # fmt: skip
+    assert code_ == 2 and "prunes no neurons" in err and not (out / "npo").exists()

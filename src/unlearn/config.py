@@ -162,6 +162,11 @@ class RunConfig(BaseModel):
         description="a previous run folder: unlearn its saved model further (a sequential request); its files "
         "are verified against its manifest first and never modified",
     )
+    control: Literal["random"] | None = Field(
+        None,
+        description="selective pruning: also run the random control (the same settings, neurons chosen at random) "
+        "into the sibling folder NAME-control-random; the run's report draws its trade-off curve beside the run's",
+    )
 
     @model_validator(mode="after")
     def _budget_metric_known(self):

@@ -172,6 +172,11 @@ from .group import (
     help="Also evaluate with a suite before and after, e.g. --eval mcq:mmlu/test/geo.csv, or an lm-evaluation-harness "
     "task: --eval lm-eval:arc_easy (repeatable; settings, references and local task folders via --config evals).",
 )
+@click.option(
+    "--control",
+    type=click.Choice(["random"]),
+    help="Selective pruning: also run the random control into NAME-control-random and draw it in the report.",
+)
 @click.option("--no-save-model", is_flag=True, help="Do not write the unlearned checkpoint.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html / report.md (`unlearn report` can later).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON instead of a table.")
@@ -267,6 +272,7 @@ RUN_SETTINGS = (
     "seed",
     "out_dir",
     "name",
+    "control",
 )
 METHOD_FLAGS = ("importance", "ff_frac", "attn_frac", "steps", "scope", "ablation", "lora")
 

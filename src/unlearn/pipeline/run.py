@@ -20,7 +20,7 @@ from ..models.inspect import promoted_tokens
 from ..models.load import LoadedModel, check_seq_len, load_model, state_dict_hash
 from ..models.save import check_foldable, check_space, fold, model_bytes, save_checkpoint
 from ..progress import Reporter
-from ..runs.folder import MANIFEST, RunFolder, find_interrupted
+from ..runs.folder import MANIFEST, RunFolder, find_interrupted, is_run_folder
 from ..methods.context import MethodContext, drops
 from ..pipeline.corpora import run_corpora, split_sha256
 from ..pipeline.evaluate import evaluate_suite
@@ -121,6 +121,8 @@ def run(
         folder.start(cfg.model_dump())
     fresh = main and work is None  # a failed fresh run leaves nothing; a resumed one keeps its work folder
     try:
+        if cfg.control is not None and main:
+            _control(cfg, folder.name, console)
         result = _run(cfg, parent, method, method_cfg, folder, reporter, t0)
     except KeyboardInterrupt:
         if main and folder.tmp is not None:
@@ -142,6 +144,16 @@ def run(
     if key is not None and result.run_dir is not None:
         sign_folder(result.run_dir, key)
     return result
+
+
+def _control(cfg: RunConfig, name: str, console) -> None:
+    """Selective pruning's random control (``control: random``): the same run with the neurons chosen at random,
+    into the sibling folder ``NAME-control-random`` (kept if already complete); the run's report draws it."""
+    target = Path(cfg.out_dir) / f"{name}-control-{cfg.control}"
+    if not is_run_folder(target):
+        method_config = {**cfg.method_config, "importance": cfg.control}
+        values = cfg.model_dump() | {"name": target.name, "control": None, "report": False}
+        run({**values, "method_config": method_config}, console=console)
 
 
 def _fate(folder: RunFolder, main: bool, fresh: bool) -> str:
@@ -360,6 +372,8 @@ def _metrics(state: _State) -> dict:
         metrics["suites"] = state.suites
     if state.parent is not None:
         metrics["earlier_requests"] = earlier_entries(state.earlier)
+    if state.cfg.control is not None:  # the sibling folder of the random control
+        metrics["control"] = {state.cfg.control: f"{state.folder.name}-control-{state.cfg.control}"}
     return metrics
 
 

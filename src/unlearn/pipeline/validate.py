@@ -37,6 +37,10 @@ def validated_config(
         cfg = cfg.model_copy(update={"method": name, "method_config": settings})
     method = get_method(cfg.method)
     method_cfg = method.make_config(cfg.method_config)
+    if cfg.control is not None and "importance" not in type(method_cfg).model_fields:
+        raise UnlearnError(f"--control {cfg.control} is selective pruning's control: {method.name} prunes no neurons")
+    if cfg.control is not None and distributed.launched():
+        raise UnlearnError("--control runs its control in this process: run it without --launcher accelerate")
     if not method.budget and cfg.stop.active:
         raise UnlearnError(f"{method.name} is a single edit: it cannot stop on a budget (drop --budget)")
     cfg = cfg.model_copy(update={"method": method.name, "method_config": method_cfg.model_dump()})

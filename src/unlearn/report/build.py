@@ -23,6 +23,7 @@ from .data import (
     Table,
     derived_cell,
     flatten,
+    control_run,
     get,
     num,
     text,
@@ -182,11 +183,16 @@ def _tradeoff(run: Run) -> Section | None:
     metric, budget = _budget(run)
     sec = Section("Trade-off per step", sid(run, "tradeoff"))
     if pts:
+        series, note = [{"label": run.name, "points": pts}], ""
+        control = control_run(run)
+        if control is not None:
+            series.append({"label": f"random control ({control.name})", "points": tradeoff_points(control)})
+            note = " The random control prunes as many neurons per step, chosen at random."
         sec.blocks.append(
             Plot(
-                plots.tradeoff([{"label": run.name, "points": pts}], budget=budget),
+                plots.tradeoff(series, budget=budget),
                 "Relative top-1 drop of forget against retain after each step (held-out chunks), "
-                "from (0, 0) = the original model. Up and to the left is better.",
+                "from (0, 0) = the original model. Up and to the left is better." + note,
             )
         )
     has_pruned = any(isinstance(s.get("pruned_total"), dict) for _, s in steps)

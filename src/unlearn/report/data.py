@@ -302,3 +302,14 @@ def derived_cell(run: Run, op: str, a: tuple, b: tuple | None = None, pct: bool 
         return Cell("–", run=run.index, cls="num")
     shown = fmt_pct(v, signed) if pct else (f"{v:+.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:+.3e}")
     return Cell(shown, v, tuple(pointer(*o) for o in operands), op, run.index)
+
+
+def control_run(run: Run) -> Run | None:
+    """The run's random control (its sibling folder, ``control: random``), if it is there and readable."""
+    name = text(get(run.metrics, "control", "random"))
+    if not name or "/" in name or "\\" in name:
+        return None
+    try:
+        return load_run(run.path.parent / name)
+    except UnlearnError:
+        return None

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .group import console_for, main
+from .group import Number, console_for, main
 from .run import run as run_command, settings
 
 # run options a sweep does not take: a sweep starts fresh runs in one process and prints its own summary
@@ -24,7 +24,7 @@ NOT_FOR_SWEEPS = {"resume", "launcher", "num_processes", "accelerate_config", "s
 )
 @click.option(
     "--sample",
-    type=click.IntRange(min=1),
+    type=Number(int, ge=1),
     help="Random search: run this many points drawn from the grid with --seed, not all of them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print sweep.json instead of a table.")

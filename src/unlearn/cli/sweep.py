@@ -37,7 +37,6 @@ def sweep_cmd(grid, sample, as_json, **opts):
     """
     from .. import api
 
-    opts.update({k: None for k in NOT_FOR_SWEEPS if k not in opts})
     record = api.sweep(
         settings(opts),
         api.parse_grid(grid),

@@ -342,6 +342,11 @@ def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
     on the CPU: peak RSS 3.25 GiB with the default against 2.84 GiB with a fixed 1 MiB threshold, same speed).
     Process-wide, so the CLI calls it for its own process; a no-op (False) where the C library is not glibc.
     """
+    return _glibc_call("mallopt", -3, int(threshold))  # -3: M_MMAP_THRESHOLD (malloc.h)
+
+
+def _glibc_call(name: str, *args) -> bool:
+    """glibc's ``name(*args)`` as a truth value; False where the C library is not glibc (or lacks it)."""
     import ctypes
     import ctypes.util
     import platform
@@ -349,8 +354,7 @@ def return_large_frees_to_os(threshold: int = 1 << 20) -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
+        return bool(getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)(*args))
     except (OSError, AttributeError):
         return False
 
@@ -385,13 +389,4 @@ def large_frees_returned(threshold: int = TRAINING_THRESHOLD):
 
 def release_freed() -> bool:
     """Give the heap's freed memory back to the system (glibc ``malloc_trim``); False where that is not glibc."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    return _glibc_call("malloc_trim", 0)

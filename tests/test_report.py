@@ -165,7 +165,7 @@ def test_report_of_a_pruning_run_has_every_section_and_its_numbers_are_the_json_
     assert paths == {"html": pruned_run / "report.html", "md": pruned_run / "report.md"}
     page = paths["html"].read_text(encoding="utf-8")
     assert _section_ids(page) == {
-        f"run0-{s}" for s in ("metrics", "tradeoff", "pruned", "suites", "audit", "earlier", "manifest")
+        f"run0-{s}" for s in ("metrics", "tradeoff", "pruned", "trace", "suites", "audit", "earlier", "manifest")
     }
     checked, errors = shot.check_numbers(page)
     assert errors == [] and checked > 100
@@ -214,7 +214,7 @@ def test_report_of_a_pruning_run_has_every_section_and_its_numbers_are_the_json_
 def test_report_of_a_trained_run_shows_the_loss_curve_and_validation_checks(trained_run):
     report([trained_run])
     page = (trained_run / "report.html").read_text(encoding="utf-8")
-    assert {"run0-metrics", "run0-training", "run0-tradeoff", "run0-manifest"} <= _section_ids(page)
+    assert {"run0-metrics", "run0-training", "run0-tradeoff", "run0-trace", "run0-manifest"} <= _section_ids(page)
     assert "run0-pruned" not in _section_ids(page) and "run0-audit" not in _section_ids(page)
     assert "training loss" in page and "validation checks" in page and "forget_loss" in page
     log = json.loads((trained_run / "metrics.json").read_text())["train_log"]
@@ -271,6 +271,7 @@ def test_cli_report_on_one_and_on_two_run_folders(pruned_run, trained_run, tmp_p
     table = re.search(r'<table data-table="comparison">.*?</table>', page, re.S).group(0)
     assert re.findall(r'<tr data-key="(run\.\d)">', table) == ["run.0", "run.1"]
     assert ">sp<" in table and ">ga<" in table and "51.5% (relearn:forget)" in table
+    assert table.count("metrics.json#/parametric_trace/projection") == 2  # the trace column, both runs
     assert shot.check_numbers(page)[1] == []
     md = Path(written["md"]).read_text()
     assert "## Comparison" in md and "| sp | selective-pruning |" in md
@@ -360,6 +361,7 @@ def test_missing_and_odd_keys_are_skipped_not_fatal(tmp_path):
         "train_log": [{"step": 1, "loss": 1.5}, {"step": 2, "loss": None}],
         "suites": {"before": {"s": {"a": 1, "b": {"c": None, "d": "text", "e": [1, 2]}}}, "after": "oops"},
         "earlier_requests": [{"run": "r", "forget": {"original": 0.5}}, 7],
+        "parametric_trace": {"k": "x", "forget_tokens": "no", "vectors": [5, {"layer": 1, "cosine": None}]},
     }
     (d / "metrics.json").write_text(json.dumps(metrics))
     (d / "manifest.json").write_text(
@@ -379,6 +381,7 @@ def test_missing_and_odd_keys_are_skipped_not_fatal(tmp_path):
         "run0-tradeoff",
         "run0-training",
         "run0-pruned",
+        "run0-trace",
         "run0-suites",
         "run0-audit",
         "run0-earlier",

@@ -112,3 +112,19 @@ def detect_format(source: str) -> str:
 
 def split_sha256(split) -> str:
     return tokens_sha256(split.input_ids)
+
+
+def data_record(cfg: RunConfig, c) -> dict:
+    """What a manifest records of one corpus of a run: its source, the sha256 of its tokens, its split sizes."""
+    return {
+        "source": c.spec.describe(),
+        "eval_source": getattr(cfg, c.name).eval_source,
+        "sha256_tokens": c.sha256,
+        "sha256_eval_tokens": split_sha256(c.eval),
+        "segments": c.n_segments,
+        "eval_tokens": c.eval.n_tokens,
+        "stats_tokens": c.stats.n_tokens,
+        "val_tokens": c.val.n_tokens if c.val is not None else 0,
+        # evaluated on held-out chunks of the very text the method used (its own distribution)
+        "eval_on_method_text": c.name != "utility" and not getattr(cfg, c.name).eval_source,
+    }

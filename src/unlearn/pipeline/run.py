@@ -17,12 +17,13 @@ from ..errors import DiskFull, UnlearnError, from_os_error
 from ..models.adapters import adapter_for
 from ..models.hooks import Ablation
 from ..models.inspect import promoted_tokens
+from ..eval.trace import concept_vectors, trace_remaining
 from ..models.load import LoadedModel, check_seq_len, load_model, state_dict_hash
 from ..models.save import check_foldable, check_space, fold, model_bytes, save_checkpoint
 from ..progress import Reporter
 from ..runs.folder import MANIFEST, RunFolder, find_interrupted, is_run_folder
 from ..methods.context import MethodContext, drops
-from ..pipeline.corpora import run_corpora, split_sha256
+from ..pipeline.corpora import data_record, run_corpora
 from ..pipeline.evaluate import evaluate_suite
 from ..pipeline.sequential import earlier_entries, earlier_requests, measure_earlier
 from ..pipeline.validate import check_parent_model, validated_config
@@ -190,6 +191,8 @@ class _State:
     model: object = None
     out_hash: str | None = None
     promotes: dict = field(default_factory=dict)  # the tokens each pruned feed-forward neuron promotes
+    concepts: object = None  # the parametric trace's concept vectors, copied from the model before the method
+    trace: dict | None = None
 
     @contextlib.contextmanager
     def timed(self, stage: str):
@@ -267,6 +270,9 @@ def _before(state: _State, scratch: Path) -> None:
         if utility is not None:
             ctx.baseline["utility"] = ctx.evaluate_utility(label="before")
     announce_long_run(ctx, state.method_cfg, state.timings["baseline_evaluation"])
+    if state.main:  # read before the method changes any weight (a trained method trains the loaded model in place)
+        with state.timed("parametric_trace"):
+            state.concepts = concept_vectors(state.loaded.model, state.adapter, forget.stats, retain.stats)
     with state.timed("earlier_requests"):  # earlier requests on the parent model
         state.earlier = earlier_requests(state.parent, state.loaded.tokenizer, state.reporter)
         measure_earlier(
@@ -328,6 +334,9 @@ def _after(state: _State, scratch: Path) -> None:
             state.suites["after"][spec.suite] = _run_eval(
                 spec, unlearned, state.out_hash, cfg, scratch / "after", state.reporter
             )
+    if state.concepts is not None:  # what is left of the concept vectors in the model as it is saved
+        with state.timed("parametric_trace"):
+            state.trace = trace_remaining(model, state.adapter, state.concepts, loaded.tokenizer)
     state.after, state.model = after, model
 
 
@@ -372,6 +381,8 @@ def _metrics(state: _State) -> dict:
         metrics["suites"] = state.suites
     if state.parent is not None:
         metrics["earlier_requests"] = earlier_entries(state.earlier)
+    if state.trace is not None:
+        metrics["parametric_trace"] = state.trace
     if state.cfg.control is not None:  # the sibling folder of the random control
         metrics["control"] = {state.cfg.control: f"{state.folder.name}-control-{state.cfg.control}"}
     return metrics
@@ -395,7 +406,7 @@ def _manifest(state: _State, ablation: Ablation, files: dict) -> dict:
             "sha256_after": state.out_hash if cfg.save_model else None,
             "files": files,
         },
-        "data": {c.name: _data_record(cfg, c) for c in state.corpora if c is not None},
+        "data": {c.name: data_record(cfg, c) for c in state.corpora if c is not None},
         "pruned_neurons_per_layer": ablation.counts(state.adapter.n_layers(loaded.model)),
         "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},
         "stop_reason": result.stop_reason,
@@ -403,21 +414,6 @@ def _manifest(state: _State, ablation: Ablation, files: dict) -> dict:
         "processes": distributed.world_size(),
         "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in state.timings.items()},
-    }
-
-
-def _data_record(cfg: RunConfig, c) -> dict:
-    return {
-        "source": c.spec.describe(),
-        "eval_source": getattr(cfg, c.name).eval_source,
-        "sha256_tokens": c.sha256,
-        "sha256_eval_tokens": split_sha256(c.eval),
-        "segments": c.n_segments,
-        "eval_tokens": c.eval.n_tokens,
-        "stats_tokens": c.stats.n_tokens,
-        "val_tokens": c.val.n_tokens if c.val is not None else 0,
-        # evaluated on held-out chunks of the very text the method used (its own distribution)
-        "eval_on_method_text": c.name != "utility" and not getattr(cfg, c.name).eval_source,
     }
 
 

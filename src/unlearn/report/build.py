@@ -11,6 +11,7 @@ import time
 from . import plots
 from .common import A, M, MF, pareto_labels, parent_cell, plain, recovery_class, sid
 from .records import audit_section, earlier_section, manifest_section
+from .trace import trace_cell, trace_section
 from .data import (
     Cell,
     Details,
@@ -46,7 +47,8 @@ def build(runs: list[Run]) -> Document:
 
 def _run_part(run: Run) -> RunPart:
     sections = [_problems(run)] if run.problems else []
-    for make in (_metrics, _tradeoff, _training, _pruned, _suites, audit_section, earlier_section, manifest_section):
+    makers = (_metrics, _tradeoff, _training, _pruned, trace_section, _suites, audit_section, earlier_section)
+    for make in (*makers, manifest_section):
         section = make(run)
         if section is not None and section.blocks:
             sections.append(section)
@@ -399,19 +401,9 @@ def _drop_cell(run: Run, which: str) -> Cell:
 
 
 def _comparison(runs: list[Run]) -> list[Section]:
-    cols = [
-        "run",
-        "method",
-        "forget top1 before",
-        "forget top1 after",
-        "forget top1 drop",
-        "retain top1 before",
-        "retain top1 after",
-        "retain top1 drop",
-        "pruned FF",
-        "pruned attention",
-        "Pareto front",
-    ]
+    cols = ["run", "method", "forget top1 before", "forget top1 after", "forget top1 drop"]
+    cols += ["retain top1 before", "retain top1 after", "retain top1 drop", "pruned FF", "pruned attention"]
+    cols += ["trace remaining", "Pareto front"]
     fronts = pareto_labels(runs)
     audited = any(r.audit is not None for r in runs)
     if audited:
@@ -425,14 +417,16 @@ def _comparison(runs: list[Run]) -> list[Section]:
                 value_cell(run, M, "after", which, "top1"),
                 _drop_cell(run, which),
             ]
-        cells += [value_cell(run, MF, "pruned_total", k) for k in ("ff", "attn")]
+        cells += [value_cell(run, MF, "pruned_total", k) for k in ("ff", "attn")] + [trace_cell(run)]
         cells.append(Cell(fronts[i], run=run.index))
         if audited:
             cells.append(_max_recovery_cell(run))
         t.add(f"run.{run.index}", cells)
     t.caption = (
         "Held-out top-1 accuracy; drop = (before − after) / before. Pareto front: no other run here forgets at least "
-        "as much with at most as much retain damage (top-1, or skip50 top-1) and does better on one of the two."
+        "as much with at most as much retain damage (top-1, or skip50 top-1) and does better on one of the two. "
+        "Trace remaining: the mean share of the MLP directions most aligned with the forget data that the model "
+        "still holds (its parametric trace section)."
     )
     sec = Section("Comparison", "comparison", [t], level=2)
     series = [{"label": r.name, "points": tradeoff_points(r)} for r in runs]

@@ -110,7 +110,27 @@ ADAPTERS: dict[str, Adapter] = {
         attn_bias="enable_bias",
         final_norm="model.decoder.final_layer_norm",
     ),
+    # Vision transformers (ViTForImageClassification): the same neurons in an encoder; transformers 5 layout,
+    # with the 4.x one below. Both projections always have a bias, so mean ablation folds.
+    "vit": Adapter(
+        "vit",
+        "vit.layers",
+        ff_out="mlp.fc2",
+        attn_out="attention.o_proj",
+        ff_bias="always",
+        attn_bias="always",
+        final_norm="vit.layernorm",
+    ),
 }
+_VIT_4 = Adapter(
+    "vit",
+    "vit.encoder.layer",
+    ff_out="output.dense",
+    attn_out="attention.output.dense",
+    ff_bias="always",
+    attn_bias="always",
+    final_norm="vit.layernorm",
+)
 
 
 def supported() -> list[str]:
@@ -118,12 +138,15 @@ def supported() -> list[str]:
 
 
 def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter for a loaded ``transformers`` causal LM, or a clear error listing the supported families."""
+    """The adapter for a loaded ``transformers`` causal LM (or ViT classifier), or a clear error listing the
+    supported families."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in ADAPTERS:
         raise UnlearnError(
             f"unsupported architecture {model_type!r}: supported model types are {', '.join(supported())}"
         )
+    if model_type == "vit" and not hasattr(getattr(model, "vit", None), "layers"):
+        return _VIT_4  # transformers 4.x names the blocks and projections differently
     return ADAPTERS[model_type]
 
 

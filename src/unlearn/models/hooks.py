@@ -127,6 +127,22 @@ def collect_statistics(
     processes (see :mod:`unlearn.distributed`), so every process returns the statistics of the whole split.
     """
     device = next(model.parameters()).device
+
+    def feed():
+        for ids, special in distributed.batches(split, batch_size):
+            yield special, lambda ids=ids: body(model)(input_ids=ids.to(device), use_cache=False)
+            if progress:
+                progress(ids.numel() * distributed.world_size())
+
+    return statistics_over(model, adapter, feed(), kinds=kinds, needs=needs)
+
+
+@torch.inference_mode()
+def statistics_over(model: nn.Module, adapter: Adapter, feed, *, kinds=KINDS, needs=IMPORTANCE + ("mean",)):
+    """The statistics of :func:`collect_statistics` over any inputs: ``feed`` yields ``(special, run)`` pairs,
+    ``special`` a bool mask over the rows the hooks will see (True = leave out) and ``run()`` the forward pass
+    that produces them (token batches for a language model, image batches for a vision transformer)."""
+    device = next(model.parameters()).device
     fields = set().union(*(NEEDS[n] for n in needs))
     sums = [f for f in ("positive", "abs_sum", "sum", "sq_sum") if f in fields or (f == "sum" and "m2" in fields)]
     acc: dict[Point, dict] = {p: {} for p in hook_points(model, adapter, kinds)}
@@ -162,13 +178,11 @@ def collect_statistics(
     ]
     count = 0
     try:
-        for ids, special in distributed.batches(split, batch_size):
+        for special, run in feed:
             state["special"] = special.reshape(-1).nonzero().squeeze(1).to(device)
             state["n"] = int(special.numel()) - len(state["special"])
             count += state["n"]
-            body(model)(input_ids=ids.to(device), use_cache=False)
-            if progress:
-                progress(ids.numel() * distributed.world_size())
+            run()
     finally:
         for h in handles:
             h.remove()

@@ -34,7 +34,6 @@ PROMOTED = 5  # tokens recorded per concept vector (what it promoted before)
 _VOCAB_CHUNK = 8192  # unembedding rows converted to float32 at once
 _NEURON_CHUNK = 2048
 _MEANS = ("cosine", "norm_ratio", "projection", "alignment_before", "alignment_after")  # averaged over the vectors
-_MEANS = ("cosine", "norm_ratio", "projection", "alignment_before", "alignment_after")  # averaged over the vectors
 
 
 @dataclass

@@ -189,3 +189,74 @@ def dpo(
     log-probabilities (the 2/β factor makes NPO its special case without a winner); for unlearning (IdK-DPO,
     Maini et al. 2024) y_w is a refusal and y_l the original answer."""
     return -(2.0 / beta) * F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).mean()
+
+
+def wga(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """Weighted gradient ascent (Wang et al. 2025, "Rethinking LLM Unlearning Objectives: A Gradient Perspective
+    and Go Beyond"): mean over scored tokens of w_t · log p(y_t), w_t = p(y_t)^β held constant (no gradient) —
+    gradient ascent whose tokens count less as the model already assigns them little probability
+    (open-unlearning's ``compute_wga_loss``)."""
+    lp, mask = token_logprobs(logits, labels)
+    weight = (lp.detach() * beta).exp()
+    return (weight * lp).sum() / mask.sum().clamp_min(1)
+
+
+def satimp(logits: torch.Tensor, labels: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
+    """SatImp (Yang et al. 2025, "Exploring Criteria of Loss Reweighting to Enhance LLM Unlearning"): mean over
+    scored tokens of p(y_t)^β₁ · (1 − p(y_t))^β₂ · log p(y_t), the weights held constant — saturation (p^β₁)
+    times importance ((1 − p)^β₂) weighted gradient ascent (open-unlearning's ``compute_satimp_loss``)."""
+    lp, mask = token_logprobs(logits, labels)
+    p = lp.detach().exp()
+    weight = p**beta1 * (1 - p) ** beta2
+    return (weight * lp * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over ``mask``ed positions of −Σ_v softmax(target)_v · log softmax(z)_v (``logits`` [B, T, V])."""
+    q = torch.softmax(target_logits.float(), -1)
+    per_position = -(q * torch.log_softmax(logits.float(), -1)).sum(-1)
+    return (per_position * mask).sum() / mask.sum().clamp_min(1)
+
+
+def ce_unlearning(logits: torch.Tensor, labels: torch.Tensor, skip_first: int = 1) -> torch.Tensor:
+    """CE-U, cross-entropy unlearning (Yang 2025, "CE-U: Cross Entropy Unlearning", arXiv:2503.01224): the
+    cross-entropy of the model's next-token distribution against its own distribution with the true token's logit
+    set to −∞ (held constant), averaged over scored positions; the first ``skip_first`` scored tokens of each
+    sequence are left out (the paper's footnote; open-unlearning's ``compute_batch_ceu``)."""
+    scored = labels != IGNORE
+    labels = labels.masked_fill(scored & (scored.cumsum(-1) <= skip_first), IGNORE)
+    targets = labels[:, 1:]
+    z = logits[:, :-1]
+    without_true = z.detach().float().scatter(-1, targets.clamp_min(0).unsqueeze(-1), float("-inf"))
+    return _soft_cross_entropy(z, without_true, targets != IGNORE)
+
+
+def undial(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2025, "UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in Large
+    Language Models"): the cross-entropy of the model against the frozen original's next-token distribution with
+    the true token's logit lowered by β, averaged over scored positions (open-unlearning's
+    ``compute_undial_loss``, which averages over every position instead, prompt and padding included, and
+    there lowers the logit of token V − 100 that its −100 label indexes)."""
+    targets = labels[:, 1:]
+    adjusted = ref_logits[:, :-1].detach().float()
+    adjusted = adjusted.scatter_add(
+        -1, targets.clamp_min(0).unsqueeze(-1), torch.full_like(targets, -beta, dtype=adjusted.dtype).unsqueeze(-1)
+    )
+    return _soft_cross_entropy(logits[:, :-1], adjusted, targets != IGNORE)
+
+
+def logit_gap(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PDU's forget term (Entesari et al. 2025, "Constrained Entropic Unlearning: A Primal-Dual Framework for
+    Large Language Models"): mean over scored positions of (max_v z_v − mean_v z_v)² — driving it to 0 flattens
+    the next-token distribution towards uniform. Taken at the positions that predict scored tokens (open-unlearning's
+    ``PDU.compute_loss`` takes the logits one position later, at the scored tokens themselves)."""
+    z = logits[:, :-1].float()
+    gap = (z.max(-1).values - z.mean(-1)).square()
+    mask = labels[:, 1:] != IGNORE
+    return (gap * mask).sum() / mask.sum().clamp_min(1)
+
+
+def dual_ascent(weight: float, violation: float, step_size: float) -> float:
+    """One projected dual-ascent step on a constraint's multiplier: max(0, λ + η · (g − ε)), ``violation`` = g − ε
+    (PDU's retain-loss constraint g ≤ ε; open-unlearning's ``PDU.final_loss_value``)."""
+    return max(0.0, weight + step_size * violation)

@@ -21,22 +21,22 @@ from .training import TrainConfig, train
 RetainLoss = Literal["none", "nll", "kl"]
 
 
-def _logits(model, batch):
+def forward_logits(model, batch):
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
-def _retain_term(kind: str, model, batch, reference) -> torch.Tensor | None:
+def retain_term(kind: str, model, batch, reference) -> torch.Tensor | None:
     if kind == "none":
         return None
-    logits = _logits(model, batch)
+    logits = forward_logits(model, batch)
     if kind == "nll":
         return L.nll(logits, batch["labels"])
     with torch.no_grad():
-        ref = _logits(reference, batch)
+        ref = forward_logits(reference, batch)
     return L.kl_all_positions(logits, ref)
 
 
-def _combine(forget: torch.Tensor, retain: torch.Tensor | None, gamma: float, alpha: float):
+def combine(forget: torch.Tensor, retain: torch.Tensor | None, gamma: float, alpha: float):
     parts = {"forget_loss": forget.detach()}
     if retain is None:
         return gamma * forget, parts
@@ -51,7 +51,7 @@ class GradientAscentConfig(TrainConfig):
 @register("gradient-ascent", GradientAscentConfig, "gradient ascent: maximise the forget NLL (Jang et al. 2023)")
 def gradient_ascent(ctx, cfg: GradientAscentConfig):
     def loss(model, forget, retain, reference):
-        f = -L.nll(_logits(model, forget), forget["labels"])
+        f = -L.nll(forward_logits(model, forget), forget["labels"])
         return f, {"forget_loss": f.detach()}
 
     return train(ctx.training(), cfg, loss)
@@ -66,8 +66,8 @@ class GradDiffConfig(TrainConfig):
 @register("graddiff", GradDiffConfig, "gradient difference: γ·(−NLL forget) + α·(NLL or KL) retain (Liu et al. 2022)")
 def graddiff(ctx, cfg: GradDiffConfig):
     def loss(model, forget, retain, reference):
-        f = -L.nll(_logits(model, forget), forget["labels"])
-        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), cfg.gamma, cfg.alpha)
+        f = -L.nll(forward_logits(model, forget), forget["labels"])
+        return combine(f, retain_term(cfg.retain_loss, model, retain, reference), cfg.gamma, cfg.alpha)
 
     return train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl")
 
@@ -86,11 +86,11 @@ class NPOConfig(RetainTermConfig):
 @register("npo", NPOConfig, "negative preference optimisation against the frozen original (Zhang et al. 2024)")
 def npo(ctx, cfg: NPOConfig):
     def loss(model, forget, retain, reference):
-        logp, _ = L.sequence_logprob(_logits(model, forget), forget["labels"])
+        logp, _ = L.sequence_logprob(forward_logits(model, forget), forget["labels"])
         with torch.no_grad():
-            ref_logp, _ = L.sequence_logprob(_logits(reference, forget), forget["labels"])
+            ref_logp, _ = L.sequence_logprob(forward_logits(reference, forget), forget["labels"])
         f = L.npo(logp, ref_logp, cfg.beta)
-        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
+        return combine(f, retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
     return train(ctx.training(), cfg, loss, needs_reference=True)
 
@@ -103,9 +103,9 @@ class SimNPOConfig(RetainTermConfig):
 @register("simnpo", SimNPOConfig, "SimNPO: reference-free, length-normalised NPO (Fan et al. 2024)")
 def simnpo(ctx, cfg: SimNPOConfig):
     def loss(model, forget, retain, reference):
-        logp, n = L.sequence_logprob(_logits(model, forget), forget["labels"])
+        logp, n = L.sequence_logprob(forward_logits(model, forget), forget["labels"])
         f = L.simnpo(logp, n, cfg.beta, cfg.delta)
-        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
+        return combine(f, retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
     return train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl")
 
@@ -125,8 +125,8 @@ class IHLConfig(TrainConfig):
 @register("ihl", IHLConfig, "inverted hinge loss on forget + NLL on retain, optionally FILA-initialised LoRA")
 def ihl(ctx, cfg: IHLConfig):
     def loss(model, forget, retain, reference):
-        f = L.inverted_hinge(_logits(model, forget), forget["labels"])
-        return _combine(f, _retain_term("nll", model, retain, None), 1.0, cfg.alpha)
+        f = L.inverted_hinge(forward_logits(model, forget), forget["labels"])
+        return combine(f, retain_term("nll", model, retain, None), 1.0, cfg.alpha)
 
     init = None
     if cfg.fila:
@@ -194,7 +194,7 @@ def rmu(ctx, cfg: RMUConfig):
         with torch.no_grad():
             frozen = hidden(reference, retain)
         r = L.rmu_retain(hidden(model, retain), frozen, mask_r)
-        return _combine(f, r, 1.0, cfg.alpha)
+        return combine(f, r, 1.0, cfg.alpha)
 
     def trainable(model):
         return [ctx.adapter.out_proj(model, i, "ff").weight for i in update]
@@ -248,12 +248,12 @@ def idk_dpo(ctx, cfg: IdkDPOConfig):
     def loss(model, forget, retain, reference):
         # each row is [original answer row | refusal row] (see _refusal_pairs): split it back into the two
         rows = {k: torch.cat([v[:, :half], v[:, half:]]) for k, v in forget.items()}
-        logp, _ = L.sequence_logprob(_logits(model, rows), rows["labels"])
+        logp, _ = L.sequence_logprob(forward_logits(model, rows), rows["labels"])
         with torch.no_grad():
-            ref, _ = L.sequence_logprob(_logits(reference, rows), rows["labels"])
+            ref, _ = L.sequence_logprob(forward_logits(reference, rows), rows["labels"])
         n = len(forget["input_ids"])
         f = L.dpo(logp[n:], logp[:n], ref[n:], ref[:n], cfg.beta)
-        return _combine(f, _retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
+        return combine(f, retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
     return train(ctx.training(forget=TrainingData(pairs, "forget")), cfg, loss, needs_reference=True)
 

@@ -140,3 +140,31 @@ def test_kill_9_at_random_moments(tmp_path, tiny_checkpoint, text_files, kind, s
             subprocess.run(_cli(*_flags({**cfg, "name": name})), env=env, check=True, capture_output=True)
         assert not work.exists() and (final / "manifest.json").is_file()
         _same_result(out / "reference", final)
+
+
+def test_pdu_resumes_with_its_exact_dual_variable(tmp_path, tiny_checkpoint, text_files, monkeypatch):
+    """PDU's λ changes after every micro-batch; it travels in the checkpoint, so an interrupted run ends where an
+    uninterrupted one does (with gradient accumulation, where the logged λ is only a per-step mean)."""
+    code, prose = text_files
+    method = {"steps": 6, "lr": 1e-3, "batch_size": 2, "grad_accum": 2, "dual_step_size": 0.7}
+    cfg = _config(
+        tiny_checkpoint("llama"), code, prose, tmp_path / "runs", method="pdu", method_config=method, checkpoint_every=2
+    )
+    reference = unlearn.run({**cfg, "name": "reference"}).run_dir
+    training = importlib.import_module("unlearn.methods.training")
+    real, calls = training._Loop.step, {"n": 0}
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # Ctrl-C in step 5, after the checkpoint of step 4
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(training._Loop, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        unlearn.run({**cfg, "name": "interrupted"})
+    monkeypatch.undo()
+    resumed = unlearn.run(resume=tmp_path / "runs" / "interrupted")
+    _same_result(reference, resumed.run_dir)
+    duals = [s["dual"] for s in json.loads((resumed.run_dir / "metrics.json").read_text())["train_log"]]
+    assert len(set(duals)) > 1  # λ did move

@@ -129,6 +129,12 @@ class Dual:
     warmup: int = 0
     calls: int = 0
 
+    def state_dict(self) -> dict:
+        return {"value": self.value, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.calls = state["value"], state["calls"]
+
     def update(self, violation: float) -> float:
         if self.calls >= self.warmup:
             self.value = L.dual_ascent(self.value, violation, self.step_size)
@@ -140,8 +146,6 @@ class Dual:
 def pdu(ctx, cfg: PDUConfig):
     eps = cfg.retain_eps if cfg.retain_eps is not None else _retain_nll(ctx, cfg.batch_size)
     dual = Dual(cfg.alpha, cfg.dual_step_size if cfg.primal_dual else 0.0, cfg.dual_warmup_steps * cfg.grad_accum)
-    if ctx.resumed is not None and ctx.resumed["log"]:  # λ as logged after the last step (6 decimals)
-        dual.value, dual.calls = ctx.resumed["log"][-1]["dual"], ctx.resumed["step"] * cfg.grad_accum
 
     def loss(model, forget, retain, reference):
         f = L.logit_gap(forward_logits(model, forget), forget["labels"])
@@ -150,7 +154,8 @@ def pdu(ctx, cfg: PDUConfig):
         dual.update(float(r.detach()))
         return total, {"forget_loss": f.detach(), "retain_loss": r.detach() + eps, "dual": torch.tensor(dual.value)}
 
-    result = train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl")
+    # λ travels in every checkpoint: a resumed run continues with the exact value
+    result = train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl", loss_state=dual)
     result.extra.update(retain_eps=eps, dual=dual.value)
     return result
 

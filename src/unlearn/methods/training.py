@@ -133,12 +133,21 @@ def batches(split, batch_size: int, seed: int, *, rank: int = 0, world: int = 1)
 
 
 def train(
-    ctx, cfg: TrainConfig, loss_fn: Callable, *, needs_reference: bool = False, trainable=None, lora_init=None
+    ctx,
+    cfg: TrainConfig,
+    loss_fn: Callable,
+    *,
+    needs_reference: bool = False,
+    trainable=None,
+    lora_init=None,
+    loss_state=None,
 ) -> MethodResult:
     """Train ``ctx.model`` with ``loss_fn(model, forget, retain, reference)`` for ``cfg.steps`` optimizer steps.
 
     ``trainable(model)`` may return the parameters to train (default: all; with LoRA: the adapters);
-    ``lora_init(peft_model)`` may initialise the LoRA adapters (FILA). Returns
+    ``lora_init(peft_model)`` may initialise the LoRA adapters (FILA); ``loss_state``, state the loss keeps
+    across steps (PDU's dual variable), with ``state_dict()`` / ``load_state_dict()``: saved in every checkpoint
+    and restored on resume, so a resumed run continues exactly. Returns
     the per-step log (loss terms, learning rate, evaluations every ``eval_every`` steps) with the trained model.
     """
     # --- set-up: float32 master weights, what trains, optimizer and schedule, Accelerate, the batch streams
@@ -164,6 +173,7 @@ def train(
     run = _Loop(
         accelerator, model, params, optimizer, schedule, template, kept=_snapshot(params) if ctx.budgeted else None
     )
+    run.loss_state = loss_state
     if ctx.resumed is not None:  # an interrupted run: its last checkpoint, and the batches it had used
         run.resume(ctx.resumed, (forget, retain), cfg.grad_accum)
 
@@ -198,13 +208,9 @@ def train(
     trained = _export(accelerator, model, merge=True, template=template)
     if cfg.checkpointing:
         _set_checkpointing(trained, False)
+    extra = {"train_seconds": round(time.perf_counter() - start, 3)}
     return MethodResult(
-        ablation=None,
-        steps=run.steps,
-        stop_reason=stop_reason,
-        model=trained,
-        log=run.log,
-        extra={"train_seconds": round(time.perf_counter() - start, 3)},
+        ablation=None, steps=run.steps, stop_reason=stop_reason, model=trained, log=run.log, extra=extra
     )
 
 
@@ -252,6 +258,7 @@ class _Loop:
         self.optimizer, self.schedule, self.template = optimizer, schedule, template
         self.done, self.log, self.steps, self.kept, self.kept_step = 0, [], [], kept, 0
         self.trim = False  # release the heap's freed memory after every step (bf16 autocast on the CPU)
+        self.loss_state = None  # the loss's own state across steps (see train), checkpointed with the rest
 
     def resume(self, resumed: dict, streams, grad_accum: int) -> None:
         """Continue from a checkpoint written by :meth:`state`, with the batch streams where they were."""
@@ -262,6 +269,8 @@ class _Loop:
         self.optimizer.load_state_dict(resumed["optimizer"])
         self.schedule.load_state_dict(resumed["schedule"])
         torch.set_rng_state(resumed["rng"])
+        if self.loss_state is not None:
+            self.loss_state.load_state_dict(resumed["loss_state"])
         for _ in range(self.done * grad_accum):  # the same batch order as an uninterrupted run
             for stream in streams:
                 if stream is not None:
@@ -323,6 +332,7 @@ class _Loop:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": torch.get_rng_state(),
+            "loss_state": self.loss_state.state_dict() if self.loss_state is not None else None,
         }
 
 

@@ -105,6 +105,13 @@ METHOD_CONFIGS: dict[str, dict] = {
     "rmu": {**TRAINED, "lr": 5e-5},
     "ssd": {},
     "task-vector": {**TRAINED, "lr": 5e-5, "alpha": 1.0},
+    # open-unlearning's methods (issue 21): the weighted ascents as gradient ascent, the bounded objectives as
+    # NPO, UNDIAL at its own reference rate (UNDIAL.yaml: 1e-4)
+    "wga": {**TRAINED, "lr": 2e-5},
+    "satimp": {**TRAINED, "lr": 2e-5},
+    "ce-u": {**TRAINED, "lr": 5e-5},
+    "undial": {**TRAINED, "lr": 1e-4},
+    "pdu": {**TRAINED, "lr": 5e-5},
 }
 # --quick: the fewest steps that still exercise each method
 QUICK_METHOD = {"selective-pruning": {"steps": 1}, "ssd": {"max_batches": 2}, "*": {"steps": 2}}

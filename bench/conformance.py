@@ -115,7 +115,8 @@ def trainer_loss(ref, cls_name: str, module: str, attrs: dict, model, inputs):
         if stand_in:
             del sys.modules["deepspeed"]
     fake = types.SimpleNamespace(**attrs, model=model)
-    for method in ("compute_retain_loss", "forward_with_cache", "get_control_vector", "compute_activation_loss"):
+    methods = ("compute_retain_loss", "forward_with_cache", "get_control_vector", "compute_activation_loss")
+    for method in (*methods, "final_loss_value"):
         if hasattr(cls, method):
             setattr(fake, method, types.MethodType(getattr(cls, method), fake))
     with torch.no_grad():
@@ -452,6 +453,8 @@ def loss_rows(ref, model, other, tok, texts_in, texts_out) -> None:
         trainer_loss(ref, "DPO", "dpo", {**base, "beta": 0.1, "retain_loss_type": "NLL"}, model, dpo_inputs),
     )
 
+    peer_rows(ref, model, other, f, r, nll_r, base)
+
     layer = 3
     module = model.model.layers[layer]
     torch.manual_seed(0)
@@ -481,6 +484,53 @@ def loss_rows(ref, model, other, tok, texts_in, texts_out) -> None:
         ours,
         trainer_loss(ref, "RMU", "rmu", attrs, model, inputs),
         note="the project's default scales the coefficient to the model; here both use 20",
+    )
+
+
+def peer_rows(ref, model, other, f, r, nll_r, base) -> None:
+    """WGA, SatImp, CE-U, UNDIAL and PDU (issue 21): ours vs open-unlearning's trainers on the same batches."""
+    from unlearn.methods import losses as L
+
+    nll_base = {**base, "retain_loss_type": "NLL"}
+    inputs = {"forget": f, "retain": r}
+    with torch.no_grad():
+        lf = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
+    row(
+        "loss WGA (β 1, NLL retain)",
+        L.wga(lf, f["labels"], 1.0) + nll_r,
+        trainer_loss(ref, "WGA", "wga", {**nll_base, "beta": 1.0}, model, inputs),
+    )
+    row(
+        "loss SatImp (β₁ 5, β₂ 1, γ 0.1, NLL retain)",
+        0.1 * L.satimp(lf, f["labels"], 5.0, 1.0) + nll_r,
+        trainer_loss(ref, "SatImp", "satimp", {**nll_base, "gamma": 0.1, "beta1": 5.0, "beta2": 1.0}, model, inputs),
+    )
+    row(
+        "loss CE-U (first answer token left out)",
+        L.ce_unlearning(lf, f["labels"], 1),
+        trainer_loss(ref, "CEU", "ceu", {"ignore_first_n_answer_tokens": 1}, model, {"forget": f}),
+    )
+    # UNDIAL: the reference averages over every position (prompt included) and indexes token V − 100 for a −100
+    # label; on a batch whose every token is scored both read the same positions
+    every = {**f, "labels": f["input_ids"].clone()}
+    with torch.no_grad():
+        ref_every = other(input_ids=every["input_ids"], attention_mask=every["attention_mask"]).logits
+    row(
+        "loss UNDIAL (β 10, every token scored, NLL retain)",
+        L.undial(lf, ref_every, every["labels"], 10.0) + nll_r,
+        trainer_loss(ref, "UNDIAL", "undial", {**nll_base, "beta": 10.0}, model, {"forget": every, "retain": r}),
+        note="ours averages only scored positions; the reference every position: equal when all are scored",
+    )
+    # PDU: the reference takes the logit gap at the scored tokens themselves, ours at the positions predicting
+    # them; shifting the labels one place right (and padding a position) gives ours the reference's positions
+    pad = torch.full_like(f["labels"][:, :1], -100)
+    gap = L.logit_gap(torch.cat([lf, lf[:, :1]], 1), torch.cat([pad, f["labels"]], 1))
+    pdu = {**nll_base, "alpha": 2.0, "preferences": [1.0, 2.0], "retain_loss_eps": 1.5, "primal_dual": False}
+    row(
+        "loss PDU (λ 2, ε 1.5, the reference's positions)",
+        gap + 2.0 * (nll_r - 1.5),
+        trainer_loss(ref, "PDU", "pdu", {**pdu, "loss_names": ["f", "r"], "log": lambda entry: None}, model, inputs),
+        note="ours reads the gap one position earlier (the logits that predict the scored tokens)",
     )
 
 

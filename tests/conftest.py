@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "opt")
+MOE_FAMILIES = ("qwen2_moe", "qwen3_moe", "mixtral", "olmoe")  # mixture-of-experts: 4 experts, top-2
 SPECIAL = ["<|endoftext|>", "<|pad|>"]
 # what a finished run folder holds (before any audit)
 RUN_FOLDER_FILES = [
@@ -174,6 +175,13 @@ def tiny_config(family: str, vocab_size: int = 400, **extra):
             word_embed_proj_dim=32,
             max_position_embeddings=512,
         ),
+        # mixture-of-experts families: 4 experts of width 16, top-2 routing
+        "qwen2_moe": dict(
+            gqa, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24
+        ),
+        "qwen3_moe": dict(gqa, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8),
+        "mixtral": dict(gqa, num_local_experts=4, num_experts_per_tok=2, intermediate_size=16),
+        "olmoe": dict(gqa, num_experts=4, num_experts_per_tok=2, intermediate_size=16),
     }
     return AutoConfig.for_model(family, **common, **per_family[family], **extra)
 

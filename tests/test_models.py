@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import FAMILIES, tiny_model
+from conftest import FAMILIES, MOE_FAMILIES, tiny_model
 from transformers import AutoModelForCausalLM
 
 from unlearn.data.chunking import TokenSplit
@@ -102,7 +102,8 @@ def test_adapter_for_unsupported_model_lists_supported_types():
         for name in supported():
             assert name in msg
     assert "'bloom'" in str(pytest.raises(UnlearnError, adapter_for, bloom).value)
-    assert supported() == sorted([*FAMILIES, "vit"]) == sorted(ADAPTERS)  # the causal LMs and the ViT classifier
+    # the causal LMs, dense and mixture-of-experts, and the ViT classifier
+    assert supported() == sorted([*FAMILIES, *MOE_FAMILIES, "vit"]) == sorted(ADAPTERS)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ __all__ = [
     "launch",
     "learn",
     "ledger",
+    "load_model",
     "methods",
     "parse_grid",
     "report",
@@ -65,6 +66,20 @@ def methods() -> dict[str, dict]:
         }
         for name, m in sorted(registry.REGISTRY.items())
     }
+
+
+def load_model(model: str | Path, *, dtype: str = "auto", device: str = "auto", log=None):
+    """Load a model as ``unlearn`` evaluates it: ``(model, tokenizer)``. ``model`` is anything ``--model`` takes, a
+    run folder included (its saved ``model/``). A checkpoint that carries an inference-time component (the feature
+    clamp of an ``sae-clamp`` run, ``clamp.json``) gets it attached again, and ``log(message)`` (default: a line on
+    stderr) says so; a plain ``AutoModelForCausalLM.from_pretrained`` of the same folder loads the weights without
+    it."""
+    import sys
+
+    from .models.load import load_model as load
+
+    loaded = load(str(model), dtype, device, log=log or (lambda message: print(message, file=sys.stderr)))
+    return loaded.model, loaded.tokenizer
 
 
 def ledger(run_dir: str | Path, pubkey: str | Path | None = None) -> dict:

@@ -76,7 +76,7 @@ class EvalSpec(BaseModel):
     """An evaluation suite that a run applies to the model before and after unlearning."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    suite: str = Field(description="tofu, muse, rwku, mcq, lm, mia or lm-eval:TASK[,TASK] (see unlearn suites)")
+    suite: str = Field(description="tofu, muse, rwku, restor, mcq, lm, mia or lm-eval:TASK[,TASK] (see unlearn suites)")
     data: list[str] = Field(
         default_factory=list,
         validate_default=True,

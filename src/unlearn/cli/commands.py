@@ -11,6 +11,7 @@ from ..config import RunConfig
 from ..config import DataConfig
 from ..audit.runner import ATTACKS
 from .group import Number, choices, console_for, key_values, main
+from ..methods.exact import ShardSettings
 from ..methods.training import TrainConfig
 
 
@@ -50,8 +51,25 @@ from ..methods.training import TrainConfig
 @click.option("--seed", type=Number.like(RunConfig, "seed"), default=0, show_default=True)
 @click.option("--dtype", type=choices(RunConfig, "dtype"), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len, tokens, lora, seed, dtype, device):
-    """Fine-tune a model on data with the unlearning methods' training loop (e.g. to build TOFU-style targets)."""
+@click.option(
+    "--shards",
+    type=Number.like(ShardSettings, "shards"),
+    help="Learn for exact unlearning: N disjoint shards of the records, LoRA adapters each (docs/exact.md).",
+)
+@click.option(
+    "--slices",
+    type=Number.like(ShardSettings, "slices"),
+    default=1,
+    show_default=True,
+    help="With --shards: sequential slices per shard, one LoRA adapter each (a deletion retrains from its slice on).",
+)
+def learn_cmd(
+    model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len, tokens, lora, seed, dtype, device, shards, slices
+):
+    """Fine-tune a model on data with the unlearning methods' training loop (e.g. to build TOFU-style targets).
+
+    With --shards N (and --slices K) every record goes to one shard and slice and each slice trains its own LoRA
+    adapter: `unlearn run --method exact --delete RECORDS --model OUT` then forgets records exactly."""
     from .. import api
 
     if epochs <= 0 or (steps is not None and steps < 1) or batch_size < 1 or seq_len < 8 or tokens < 1 or lr <= 0:
@@ -71,11 +89,14 @@ def learn_cmd(model, data, out_dir, fmt, epochs, steps, lr, batch_size, seq_len,
         seed=seed,
         dtype=dtype,
         device=device,
+        shards=shards,
+        slices=slices,
         console=console_for(),
     )
     log = result["log"]
     click.echo(
-        f"learnt {result['data']['rows']} rows of {data} ({result['data']['format']}) in {len(log)} steps: "
+        f"learnt {result['data']['rows']} rows of {data} ({result['data']['format']}) in {len(log)} steps"
+        f"{f' ({shards} shards x {slices} slices, shards.json)' if shards else ''}: "
         f"loss {log[0]['loss']:.4f} -> {log[-1]['loss']:.4f}; checkpoint: {result['path']}"
     )
 

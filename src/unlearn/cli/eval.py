@@ -16,12 +16,14 @@ from .group import DEFAULTS, Number, choices, console_for, key_values, main, set
 
 @main.command("eval")
 @click.option(
-    "--model", required=True, help="smollm2-135m, a checkpoint folder (e.g. runs/NAME/model), .gguf file or hub id."
+    "--model",
+    required=True,
+    help="smollm2-135m, a checkpoint folder (e.g. runs/NAME/model), a run folder, .gguf file or hub id.",
 )
 @click.option(
     "--suite",
-    help="Evaluation suite: tofu, muse, rwku, mcq, lm, mia, or lm-eval:TASK[,TASK] for lm-evaluation-harness tasks "
-    "(--data: folders of local task YAMLs; see `unlearn suites`). Without it: next-token "
+    help="Evaluation suite: tofu, muse, rwku, restor, mcq, lm, mia, or lm-eval:TASK[,TASK] for lm-evaluation-harness "
+    "tasks (--data: folders of local task YAMLs; see `unlearn suites`). Without it: next-token "
     "metrics of each --data corpus.",
 )
 @click.option(
@@ -40,8 +42,14 @@ from .group import DEFAULTS, Number, choices, console_for, key_values, main, set
     type=click.Choice(["auto", "chat", "plain"]),
     help="Suite: QA prompts with the tokenizer's chat template or plain 'Question: ... Answer:' (default auto).",
 )
-@click.option("--reference", help="Suite: reference model or its eval/<suite>.json (TOFU forget quality, PrivLeak).")
-@click.option("--original", help="Suite: the model before unlearning (specificity, fluency); default from the run.")
+@click.option(
+    "--reference",
+    help="Suite: reference model or its eval/<suite>.json (TOFU forget quality, PrivLeak; RESTOR: the clean model).",
+)
+@click.option(
+    "--original",
+    help="Suite: the model before unlearning (specificity, fluency; RESTOR: the corrupted one); default from the run.",
+)
 @click.option("--out", "out_dir", help="Suite: results go to OUT/eval/<suite>.json (default: the run folder).")
 @click.option("--overwrite", is_flag=True, help="Suite: recompute parts already in the results file.")
 @click.option(

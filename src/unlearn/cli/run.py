@@ -6,10 +6,8 @@ import json
 
 import click
 
-from ..config import DEVICE_MAPS
+from ..config import DEVICE_MAPS, DataConfig, RunConfig
 from ..errors import UnlearnError
-from ..config import RunConfig
-from ..config import DataConfig
 from ..methods.selective_pruning import SelectivePruningConfig
 from .group import (
     DEFAULTS,
@@ -42,6 +40,7 @@ from .group import (
     "general-english.",
 )
 @click.option("--retain", help="Retain corpus: same forms as --forget (default general-english).")
+@click.option("--delete", metavar="RECORDS", help="Records to delete exactly from a sharded model: --method exact.")
 @click.option(
     "--utility",
     help="General text that no step of the method uses, evaluated before and after: the summary's utility row "
@@ -121,11 +120,7 @@ from .group import (
     "utility=0.95 keeps 95% of the retain metric (= a 5% retain drop budget); kl=0.05 bounds the mean "
     "KL(original ‖ model) on retain text.",
 )
-@click.option(
-    "--dtype",
-    type=choices(RunConfig, "dtype"),
-    help="auto: bf16 on GPU or bf16-capable CPU, else fp32.",
-)
+@click.option("--dtype", type=choices(RunConfig, "dtype"), help="auto: bf16 on GPU or bf16-capable CPU, else fp32.")
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option(
     "--device-map",
@@ -286,6 +281,10 @@ def settings(opts: dict) -> dict:
     for key in RUN_SETTINGS:
         set_if_given(values, key, opts[key])
     _data_settings(values, opts)
+    if opts["delete"] is not None:  # a deletion request: exact unlearning, the records to delete as forget data
+        from ..methods.exact import deletion_settings
+
+        values |= deletion_settings(opts["delete"], values, given_forget=opts["forget"] is not None)
     mc = dict(values.get("method_config") or {})
     for key in METHOD_FLAGS:
         set_if_given(mc, key, opts[key])
@@ -395,8 +394,9 @@ def _print_summary(result) -> None:
             highlight=False,
         )
     pruned = result.manifest["pruned_total"]
+    experts = f", {pruned['expert']} expert" if "expert" in pruned else ""  # mixture-of-experts models
     console.print(
-        f"pruned: {pruned['ff']} feed-forward, {pruned['attn']} attention neurons; "
+        f"pruned: {pruned['ff']} feed-forward, {pruned['attn']} attention{experts} neurons; "
         f"stopped: {result.metrics['stop_reason']}",
         highlight=False,
     )

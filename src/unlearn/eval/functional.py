@@ -44,6 +44,8 @@ __all__ = [
     "kl_divergence",
     "repetition_rate",
     "contains_answer",
+    "corruption_rate",
+    "recovery",
 ]
 
 MINKPP_SIGMA_FLOOR = 1e-3
@@ -340,3 +342,30 @@ def contains_answer(prediction: str, answer: str) -> bool:
     """
     a = _normalize(answer)
     return bool(a) and f" {a} " in f" {_normalize(prediction)} "
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RESTOR (Rezaei et al. 2024): corruption and recovery
+# ----------------------------------------------------------------------------------------------------------
+
+
+def corruption_rate(true_probs: Any, corrupt_probs: Any) -> float:
+    """Share of facts whose corrupt answer the model prefers: ``mean(P(corrupt) > P(true))`` over facts, each
+    probability length-normalised (:func:`normalized_prob`); a tie counts as not corrupted."""
+    t, c = _vec(true_probs, "true_probs"), _vec(corrupt_probs, "corrupt_probs")
+    if t.shape != c.shape:
+        raise ValueError(f"true_probs and corrupt_probs differ in length ({t.size} vs {c.size})")
+    return float(np.mean(c > t))
+
+
+def recovery(after: float, corrupted: float, clean: float, *, min_gap: float = 0.0) -> float | None:
+    """How far a metric went back from the corrupted model to the clean one: ``(after − corrupted) / (clean −
+    corrupted)`` (RESTOR's restorative unlearning): 1 = back at the clean value, 0 = still corrupted, < 0 =
+    further away, > 1 = past it. None when ``|clean − corrupted| <= min_gap`` (the corruption did not move the
+    metric, so there is nothing to recover) or a value is missing."""
+    if after is None or corrupted is None or clean is None:
+        return None
+    gap = clean - corrupted
+    if not np.isfinite(gap) or abs(gap) <= min_gap:
+        return None
+    return float((after - corrupted) / gap) + 0.0  # + 0.0: no negative zero

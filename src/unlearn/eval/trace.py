@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.adapters import Adapter, weight_columns
+from ..models.adapters import EXPERT, Adapter, weight_columns
 
 TRACE_VECTORS = 32  # k: the concept vectors followed through unlearning
 TRACE_TOKENS = 50  # the forget-specific tokens their alignment is measured on
@@ -117,8 +117,14 @@ def _divided(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def value_vectors(model: nn.Module, adapter: Adapter, layer: int) -> torch.Tensor:
-    """[neurons, hidden]: each feed-forward neuron's value vector in ``layer`` (a view, any dtype and device)."""
-    return weight_columns(adapter.out_proj(model, layer, "ff"), adapter.conv1d).T
+    """[neurons, hidden]: each feed-forward neuron's value vector in ``layer`` (any dtype and device; a view on a
+    dense model). On a mixture-of-experts model: every expert neuron's, ``down_proj[e][:, i]`` expert by expert,
+    after those of its dense MLP if it has one (Qwen2-MoE's shared expert)."""
+    parts = [weight_columns(adapter.out_proj(model, layer, "ff"), adapter.conv1d).T] if adapter.has("ff") else []
+    if adapter.has(EXPERT):
+        down = adapter.experts_of(model, layer).down_proj  # [experts, hidden, width]
+        parts.append(down.transpose(1, 2).reshape(-1, down.shape[1]))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def alignment(lens: Lens, v: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

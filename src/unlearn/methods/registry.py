@@ -23,6 +23,7 @@ class Method:
     run: Callable
     summary: str
     budget: bool = True  # whether the method honours stopping budgets (steps it can stop between)
+    check: Callable | None = None  # check(run_config, method_config): the method's own checks before any model loads
 
     def make_config(self, values: dict | None) -> BaseModel:
         return build(self.config_cls, values, f"{self.name} setting")
@@ -46,9 +47,9 @@ def canonical(name: str) -> str:
 REGISTRY: Registry[Method] = Registry("method", key=canonical)
 
 
-def register(name: str, config_cls: type[BaseModel], summary: str, *, budget: bool = True):
+def register(name: str, config_cls: type[BaseModel], summary: str, *, budget: bool = True, check=None):
     def wrap(fn):
-        REGISTRY.add(name, Method(canonical(name), config_cls, fn, summary, budget))
+        REGISTRY.add(name, Method(canonical(name), config_cls, fn, summary, budget, check))
         return fn
 
     return wrap

@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import UnlearnError
+from ..models.adapters import ALL_KINDS
 from ..models.hooks import Ablation
 from .registry import MethodResult, register
 from .training import lora_spec
@@ -38,10 +39,13 @@ class SelectivePruningConfig(BaseModel):
     )
     ff_frac: float = Field(0.005, ge=0, lt=1, description="fraction of all feed-forward neurons pruned per step")
     attn_frac: float = Field(0.0, ge=0, lt=1, description="fraction of all attention neurons pruned per step")
+    expert_frac: float = Field(
+        0.0, ge=0, lt=1, description="fraction of all expert neurons (mixture-of-experts models) pruned per step"
+    )
     steps: int = Field(1, ge=1, le=1000, description="number of pruning steps (the most, when a budget is set)")
     scope: Literal["global", "layer"] = Field("global", description="rank neurons across all layers or per layer")
     ablation: Literal["zero", "mean"] = Field("zero", description="set pruned neurons to 0 or to their retain mean")
-    eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for feed-forward neurons")
+    eps_ff: float = Field(1e-3, gt=0, description="eps in I_forget / (I_retain + eps) for ff and expert neurons")
     eps_attn: float = Field(1e-4, gt=0, description="eps in I_forget / (I_retain + eps) for attention neurons")
     recollect: bool = Field(True, description="re-collect statistics on the pruned model before every step")
     heal_steps: int = Field(
@@ -103,15 +107,15 @@ class SelectivePruningConfig(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_prune(self):
-        if self.ff_frac <= 0 and self.attn_frac <= 0:
-            raise ValueError("ff_frac and attn_frac are both 0: set at least one in (0, 1)")
+        if self.ff_frac <= 0 and self.attn_frac <= 0 and self.expert_frac <= 0:
+            raise ValueError("ff_frac and attn_frac are both 0 (expert_frac too): set at least one in (0, 1)")
         return self
 
     def fraction(self, kind: str) -> float:
-        return self.ff_frac if kind == "ff" else self.attn_frac
+        return {"ff": self.ff_frac, "attn": self.attn_frac}.get(kind, self.expert_frac)
 
     def eps(self, kind: str) -> float:
-        return self.eps_ff if kind == "ff" else self.eps_attn
+        return self.eps_attn if kind == "attn" else self.eps_ff
 
 
 def scores(forget_stats, retain_stats, cfg: SelectivePruningConfig, kind: str) -> dict[int, torch.Tensor]:
@@ -167,7 +171,7 @@ def select(
     "prune neurons far more active on forget than on retain data (Pochinkov & Schoots 2024)",
 )
 def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
-    kinds = [k for k in ("ff", "attn") if cfg.fraction(k) > 0]
+    kinds = [k for k in ALL_KINDS if cfg.fraction(k) > 0]
     _check_fractions(ctx, cfg, kinds)
     # the healing chunks, tokenised before pruning: a bad source fails before the slow part
     heal_data = ctx.training_split("retain", cfg.heal_tokens) if cfg.heal_steps else None
@@ -232,10 +236,10 @@ def run(ctx, cfg: SelectivePruningConfig) -> MethodResult:
 def _check_fractions(ctx, cfg: SelectivePruningConfig, kinds: list[str]) -> None:
     """An error when a pruning fraction rounds to no neuron at all."""
     for kind in kinds:
-        per_layer = ctx.adapter.n_neurons(ctx.model, kind)
+        name = f"{kind}_frac"
+        per_layer = ctx.adapter.n_neurons(ctx.model, kind)  # an error where the model has none of this kind
         pool = per_layer if cfg.scope == "layer" else per_layer * ctx.adapter.n_layers(ctx.model)
         if round(cfg.fraction(kind) * pool) < 1:
-            name = "ff_frac" if kind == "ff" else "attn_frac"
             raise UnlearnError(
                 f"{name} {cfg.fraction(kind)} prunes no neuron: it is less than one of the {pool} "
                 f"{'per layer' if cfg.scope == 'layer' else 'in the model'}; raise it"
@@ -274,7 +278,7 @@ def _prune(
 def _healed(ctx, cfg: SelectivePruningConfig, pruned: MethodResult, heal_data) -> MethodResult:
     """The pruning result, healed on ``heal_data`` when healing is on and some neuron was pruned."""
     ablation, stop_reason = pruned.ablation, pruned.stop_reason
-    pruned_any = any(ablation.total(k) for k in ("ff", "attn"))
+    pruned_any = any(ablation.total(k) for k in ALL_KINDS)
     if cfg.heal_steps and not pruned_any:
         pruned.stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
     if not cfg.heal_steps or not pruned_any:

@@ -141,18 +141,18 @@ def train(
     trainable=None,
     lora_init=None,
     loss_state=None,
+    autocast: bool | None = None,
 ) -> MethodResult:
     """Train ``ctx.model`` with ``loss_fn(model, forget, retain, reference)`` for ``cfg.steps`` optimizer steps.
 
     ``trainable(model)`` may return the parameters to train (default: all; with LoRA: the adapters);
     ``lora_init(peft_model)`` may initialise the LoRA adapters (FILA); ``loss_state``, state the loss keeps
     across steps (PDU's dual variable), with ``state_dict()`` / ``load_state_dict()``: saved in every checkpoint
-    and restored on resume, so a resumed run continues exactly. Returns
-    the per-step log (loss terms, learning rate, evaluations every ``eval_every`` steps) with the trained model.
-    """
+    and restored on resume, so a resumed run continues exactly; ``autocast``: bf16 autocast on or off (default:
+    on where the model was loaded in bf16). Returns the per-step log (loss terms, learning rate, evaluations)."""
     # --- set-up: float32 master weights, what trains, optimizer and schedule, Accelerate, the batch streams
     model = ctx.model
-    bf16 = next(model.parameters()).dtype == torch.bfloat16
+    bf16 = next(model.parameters()).dtype == torch.bfloat16 if autocast is None else autocast
     cpu = str(next(model.parameters()).device) == "cpu"
     accelerator = _accelerator(cfg.grad_accum, cpu=cpu)
     torch.manual_seed(ctx.seed)
@@ -336,9 +336,9 @@ class _Loop:
         }
 
 
-def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter) -> MethodResult:
+def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter, trainable=None, autocast=None) -> MethodResult:
     """Plain next-token fine-tuning of ``model`` (in place) on the scored tokens of ``split`` with :func:`train`:
-    what ``unlearn learn`` and the audit's relearning attack do."""
+    what ``unlearn learn`` and the audit's relearning attack do (``trainable`` and ``autocast``: see there)."""
     from . import losses
     from .context import Training, TrainingData
 
@@ -348,7 +348,7 @@ def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter) -> MethodR
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         return losses.nll(logits, batch["labels"]), {}
 
-    return train(ctx, cfg, loss)
+    return train(ctx, cfg, loss, trainable=trainable, autocast=autocast)
 
 
 def _accelerator(grad_accum: int, cpu: bool):

@@ -6,6 +6,9 @@ A *neuron* is one input feature of an output projection:
   ``dense_4h_to_h``). For gated MLPs that input is ``act(gate) * up``.
 * attention (``attn``): the input of the attention output projection (``o_proj`` / ``out_proj`` / ``c_proj`` /
   ``dense``), i.e. the concatenated per-head outputs, one neuron per head dimension.
+* expert (``expert``, mixture-of-experts models): the input of every expert's output projection, ``act(gate) * up``
+  of each expert, numbered expert by expert (``experts × width`` neurons per layer; see :mod:`.experts`). A
+  Qwen2-MoE's shared expert is an ordinary MLP: its neurons are the ``ff`` kind.
 
 Each adapter also says how a constant (mean-ablation) can be folded into a saved checkpoint that stock
 ``transformers`` loads: either the projection always has a bias, or a config flag turns one on.
@@ -20,7 +23,9 @@ from torch import nn
 
 from ..errors import UnlearnError
 
-KINDS = ("ff", "attn")
+KINDS = ("ff", "attn")  # the kinds of a dense model, and the default of every statistics pass
+EXPERT = "expert"
+ALL_KINDS = (*KINDS, EXPERT)
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ class Adapter:
 
     family: str
     layers: str  # dotted path to the ModuleList of decoder blocks
-    ff_out: str  # path inside a block to the MLP output projection
+    ff_out: str | None  # path inside a block to the MLP output projection (None: a MoE model without a dense MLP)
     attn_out: str  # path inside a block to the attention output projection
     # Bias folding for mean ablation: "always" (the projection has a bias), the name of a boolean config flag
     # that adds one (and which other projections the flag also gives a bias), or None (impossible).
@@ -37,10 +42,44 @@ class Adapter:
     attn_bias: str | None
     conv1d: bool = False  # GPT-2 style Conv1D: weight is [in, out] instead of nn.Linear's [out, in]
     final_norm: str = "model.norm"  # the norm between the last block and the unembedding (logit lens)
+    experts: str | None = None  # path inside a block to the fused experts (3-D gate_up_proj / down_proj tensors)
+    router: str | None = None  # path inside a block to the router (its first output: the router logits)
 
     def out_proj(self, model: nn.Module, layer: int, kind: str) -> nn.Module:
+        """The module whose input holds the neurons of ``kind`` (for ``expert``: the experts module)."""
+        if kind == EXPERT:
+            return self.experts_of(model, layer)
+        if kind == "ff" and self.ff_out is None:
+            raise UnlearnError(
+                f"{self.family} has no dense feed-forward MLP, only experts (selective pruning: set ff_frac=0 and "
+                "prune expert neurons with expert_frac)"
+            )
         block = self.blocks(model)[layer]
         return _get(block, self.ff_out if kind == "ff" else self.attn_out)
+
+    def has(self, kind: str) -> bool:
+        """Whether this family has neurons of ``kind``."""
+        return self.experts is not None if kind == EXPERT else kind == "attn" or self.ff_out is not None
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for k in ALL_KINDS if self.has(k))
+
+    def experts_of(self, model: nn.Module, layer: int) -> nn.Module:
+        return self._moe_part(model, layer, self.experts)
+
+    def router_of(self, model: nn.Module, layer: int) -> nn.Module:
+        return self._moe_part(model, layer, self.router)
+
+    def _moe_part(self, model: nn.Module, layer: int, path: str | None) -> nn.Module:
+        if path is None:
+            raise UnlearnError(f"{self.family} is not a mixture-of-experts model: it has no experts")
+        try:
+            return _get(self.blocks(model)[layer], path)
+        except AttributeError:
+            raise UnlearnError(
+                f"layer {layer} of this {self.family} model has a dense MLP, no experts: expert neurons and routing "
+                "need experts in every layer"
+            ) from None
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return _get(model, self.layers)
@@ -49,6 +88,9 @@ class Adapter:
         return len(self.blocks(model))
 
     def n_neurons(self, model: nn.Module, kind: str) -> int:
+        if kind == EXPERT:
+            n_experts, _, width = self.experts_of(model, 0).down_proj.shape
+            return n_experts * width
         return in_features(self.out_proj(model, 0, kind), self.conv1d)
 
     def unembed(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -60,7 +102,7 @@ class Adapter:
         return model.get_output_embeddings()(hidden)
 
     def bias_flag(self, kind: str) -> str | None:
-        return self.ff_bias if kind == "ff" else self.attn_bias
+        return {"ff": self.ff_bias, "attn": self.attn_bias}.get(kind)  # experts have none
 
 
 def _get(obj, path: str):
@@ -122,6 +164,18 @@ ADAPTERS: dict[str, Adapter] = {
         final_norm="vit.layernorm",
     ),
 }
+# Mixture-of-experts families, transformers 5 layout: each layer's experts fused into 3-D tensors
+# (experts.gate_up_proj [E, 2·width, hidden], experts.down_proj [E, hidden, width]) beside a top-k router (gate).
+_MOE = dict(attn_out="self_attn.o_proj", experts="mlp.experts", router="mlp.gate", ff_bias=None)
+ADAPTERS.update(
+    {
+        # Qwen2-MoE also has an always-on shared expert, an ordinary gated MLP: its neurons are the ff kind
+        "qwen2_moe": Adapter("qwen2_moe", "model.layers", ff_out="mlp.shared_expert.down_proj", attn_bias=None, **_MOE),
+        "qwen3_moe": Adapter("qwen3_moe", "model.layers", ff_out=None, attn_bias="attention_bias", **_MOE),
+        "mixtral": Adapter("mixtral", "model.layers", ff_out=None, attn_bias=None, **_MOE),
+        "olmoe": Adapter("olmoe", "model.layers", ff_out=None, attn_bias="attention_bias", **_MOE),
+    }
+)
 _VIT_4 = Adapter(
     "vit",
     "vit.encoder.layer",

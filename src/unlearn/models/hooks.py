@@ -1,7 +1,8 @@
 """Named hook points on the output projections: statistics collection and neuron ablation masks.
 
 Hook points are ``("ff", layer)`` (taker's ``mlp_pre_out``) and ``("attn", layer)`` (``attn_pre_out``): the
-input of the MLP / attention output projection. Statistics are batched on the tensor — one masked reduction
+input of the MLP / attention output projection; on mixture-of-experts models also ``("expert", layer)``, the input of
+every expert's output projection (:mod:`.experts`). Statistics are batched on the tensor — one masked reduction
 per hook call, no per-token Python loop — and accumulated in float64 so token budgets can grow freely.
 """
 
@@ -15,9 +16,10 @@ from torch import nn
 
 from .. import distributed
 from ..data.chunking import TokenSplit
-from .adapters import KINDS, Adapter
+from . import experts
+from .adapters import EXPERT, KINDS, Adapter
 
-Point = tuple[str, int]  # ("ff" | "attn", layer index)
+Point = tuple[str, int]  # ("ff" | "attn" | "expert", layer index)
 IMPORTANCE = ("freq", "abs", "rms", "std")
 
 
@@ -149,8 +151,8 @@ def statistics_over(model: nn.Module, adapter: Adapter, feed, *, kinds=KINDS, ne
     state: dict = {}
 
     def make_hook(point):
-        def hook(_module, args):
-            x = args[0].reshape(-1, args[0].shape[-1])
+        def hook(module, args):
+            x = _neuron_rows(point[0], module, args)
             idx = state["special"]
             # Zero the few special rows in place (zero rows add nothing to the sums below) and put them back
             # before the projection runs: far cheaper than copying the whole activation to mask it.
@@ -192,6 +194,13 @@ def statistics_over(model: nn.Module, adapter: Adapter, feed, *, kinds=KINDS, ne
         p: NeuronStats(count, *(a[f].cpu() if f in a else None for f in ("positive", "abs_sum", "sum", "sq_sum", "m2")))
         for p, a in acc.items()
     }
+
+
+def _neuron_rows(kind: str, module: nn.Module, args: tuple) -> torch.Tensor:
+    """[tokens, neurons]: the neurons of a hook point on each token, from its module's positional arguments."""
+    if kind == EXPERT:
+        return experts.expert_activations(module, *experts.experts_input(args))
+    return args[0].reshape(-1, args[0].shape[-1])
 
 
 def _reduce_across_processes(model, adapter, acc: dict, sums: list[str], m2: bool, count: int) -> int:
@@ -292,6 +301,9 @@ def ablated(model: nn.Module, adapter: Adapter, ablation: Ablation, switch: Swit
         if not mask.any():
             continue
         module = adapter.out_proj(model, layer, kind)
+        if kind == EXPERT:  # inside the experts' forward: a mask on their output projections
+            handles.append(experts.mask_neurons(module, mask, ablation.fill[(kind, layer)], switch))
+            continue
         keep, fill = ~mask, ablation.fill[(kind, layer)] * mask
         handles.append(module.register_forward_pre_hook(_ablate(keep, fill, switch)))
     try:

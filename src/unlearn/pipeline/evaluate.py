@@ -59,8 +59,10 @@ def slug(text: str) -> str:
 
 
 def _run_folder_of(model: str) -> Path | None:
-    """The run folder that holds ``model`` (``runs/NAME/model``), if it is one."""
+    """The run folder that holds ``model`` (``runs/NAME/model``) or is ``model`` itself, if it is one."""
     p = Path(model)
+    if p.is_dir() and is_run_folder(p):
+        return p
     return p.parent if p.is_dir() and is_run_folder(p.parent) else None
 
 

@@ -37,6 +37,8 @@ def learn(
     seed: int = 0,
     dtype: str = "auto",
     device: str = "auto",
+    shards: int | None = None,
+    slices: int = 1,
     console=None,
 ) -> dict:
     """Fine-tune ``model`` on ``data`` (QA records through the chat template with the loss on answers, or running
@@ -45,7 +47,11 @@ def learn(
     ``steps`` defaults to ``epochs`` passes over the data (QA rows, or ``tokens`` of text in ``seq_len``
     chunks). ``out`` must not exist; it is written under a temporary name and renamed when complete. Returns
     the record saved as ``out/learn.json`` (settings, data hash, loss per step, timings).
-    """
+
+    ``shards``: learn for exact unlearning (:mod:`unlearn.methods.exact`): each record (QA, or text: a record of
+    a structured file, a file of a folder) goes to one of ``shards`` shards and ``slices`` slices; every slice
+    trains its own LoRA adapter (``lora``, default r=8; ``epochs`` or ``steps`` per adapter), and ``out`` also
+    holds ``shards.json`` and ``adapters.safetensors``."""
     from ..methods.training import TrainConfig, fine_tune
 
     t0 = time.perf_counter()
@@ -62,12 +68,15 @@ def learn(
         {"model": model, "dtype": dtype, "device": device, "seq_len": seq_len, "seed": seed, "batch_size": batch_size}
     )
     build(TrainConfig, {"lr": lr, "batch_size": batch_size, "lora": lora}, "learn setting")
+    sharded = _shard_settings(shards, slices, epochs, steps, lr, batch_size, lora, seq_len, seed)
     reporter = Reporter(console)
     with reporter.stage(f"loading model {model}"):
         loaded = load_model(model, dtype, device, log=reporter.log)
     check_seq_len(loaded, seq_len)
     check_space(out.parent, model_bytes(loaded.model), f"the fine-tuned model in {out}")
     before = state_dict_hash(loaded.model)
+    if sharded is not None:
+        return _learn_shards(loaded, spec, sharded, before, out, reporter, t0)
     if fmt == "qa":  # every record: a budget no QA file reaches
         corpus = qa_corpus_for("data", spec, loaded.tokenizer, cfg.model_copy(update={"stats_tokens": 10**9}))
     else:
@@ -94,11 +103,51 @@ def learn(
     return {**record, "path": str(out)}
 
 
+def _shard_settings(shards, slices, epochs, steps, lr, batch_size, lora, seq_len, seed):
+    """The validated settings of learning with shards; None without ``shards``."""
+    if shards is None:
+        if slices != 1:
+            raise UnlearnError("--slices divides shards: give --shards N too")
+        return None
+    from ..methods.exact import ShardSettings
+
+    values = dict(shards=shards, slices=slices, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size)
+    values |= dict(lora=lora or "r=8", seq_len=seq_len, seed=seed)
+    return build(ShardSettings, values, "learn setting")
+
+
+def _learn_shards(loaded, spec: DataConfig, settings, before: str, out: Path, reporter, t0: float) -> dict:
+    """``learn`` with shards: the slice adapters, the served model, ``shards.json`` (see methods/exact.py)."""
+    from ..methods.exact import learn_shards
+
+    result = learn_shards(loaded, spec, settings, before, reporter)
+    manifest = result.extra["shards"]
+    record = {
+        "model": {"spec": loaded.spec, "source": loaded.source, "sha256_before": before},
+        "data": {
+            "source": spec.source,
+            "format": spec.format,
+            "rows": sum(a["rows"] for a in manifest["adapters"] if a["slice"] == settings.slices - 1),
+            "records": len(manifest["records"]),
+        },
+        "settings": settings.model_dump(),
+        "log": result.log,
+        "versions": versions(),
+    }
+    _save(out, result, loaded.tokenizer, record, t0)
+    return {**record, "path": str(out)}
+
+
 def _save(out: Path, result, tokenizer, record: dict, t0: float) -> None:
-    """Write the fine-tuned model and ``learn.json`` under a temporary name, renamed to ``out`` when complete."""
+    """Write the fine-tuned model and ``learn.json`` under a temporary name, renamed to ``out`` when complete
+    (with shards: ``shards.json`` and the adapters too)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
     try:
+        if "shards" in result.extra:
+            from ..methods.sharding import write_shards
+
+            write_shards(tmp, result.extra["shards"], result.extra["adapters"])
         files = save_checkpoint(result.model, tokenizer, tmp)
         record["model"].update(sha256_after=state_dict_hash(result.model), files=files)
         record["timings_s"] = {"train": result.extra["train_seconds"], "total": round(time.perf_counter() - t0, 3)}

@@ -240,7 +240,7 @@ def _prepare(state: _State, device) -> None:
                 folder.write_config(cfg.model_dump())
         method_cfg = state.method_cfg
         if getattr(method_cfg, "ablation", None) == "mean":
-            check_foldable(loaded.model, adapter, [k for k in ("ff", "attn") if method_cfg.fraction(k) > 0])
+            check_foldable(loaded.model, adapter, [k for k in adapter.kinds() if method_cfg.fraction(k) > 0])
     check_seq_len(loaded, cfg.seq_len)
     if cfg.save_model and state.main:  # the disk must hold the unlearned model: known now, not after the work
         check_space(folder.tmp or Path(cfg.out_dir), model_bytes(loaded.model), f"the unlearned model in {cfg.out_dir}")
@@ -408,7 +408,7 @@ def _manifest(state: _State, ablation: Ablation, files: dict) -> dict:
         },
         "data": {c.name: data_record(cfg, c) for c in state.corpora if c is not None},
         "pruned_neurons_per_layer": ablation.counts(state.adapter.n_layers(loaded.model)),
-        "pruned_total": {k: ablation.total(k) for k in ("ff", "attn")},
+        "pruned_total": {k: ablation.total(k) for k in dict.fromkeys(("ff", "attn", *state.adapter.kinds()))},
         "stop_reason": result.stop_reason,
         "method_facts": result.extra,
         "processes": distributed.world_size(),

@@ -47,6 +47,8 @@ def validated_config(
     for data in (cfg.forget, cfg.retain, cfg.utility):
         if data is not None:
             check_data_exists(data)
+    if method.check is not None:  # the method's own checks (exact: the model learnt the records to delete)
+        method.check(cfg, method_cfg)
     _check_evals(cfg)
     if cfg.device_map is not None:
         from ..methods.training import TrainConfig

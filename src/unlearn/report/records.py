@@ -258,7 +258,8 @@ def _manifest_tables(run: Run) -> list:
                     "fact." + ".".join(map(str, k)),
                     [Cell(".".join(map(str, k)), run=run.index), value_cell(run, MF, "method_facts", *k)],
                 )
-        blocks.append(t)
+        # a method that records many facts (sae-clamp: every clamped feature's) folds them away
+        blocks.append(t if len(t.rows) <= 40 else Details(f"method facts ({len(t.rows)} values)", blocks=[t]))
 
     timings = m.get("timings_s")
     if isinstance(timings, dict) and timings:

@@ -9,7 +9,7 @@ settings. Reference and original models are loaded only when a metric asks for t
 
 from __future__ import annotations
 
-from . import harness, lm, mcq, mia, muse, rwku, tofu  # noqa: F401  (register the suites)
+from . import harness, lm, mcq, mia, muse, restor, rwku, tofu  # noqa: F401  (register the suites)
 from .base import (
     SUITES,
     Suite,

@@ -26,6 +26,7 @@ __all__ = [
     "launch",
     "learn",
     "ledger",
+    "load_guarded",
     "load_model",
     "methods",
     "parse_grid",
@@ -71,15 +72,29 @@ def methods() -> dict[str, dict]:
 def load_model(model: str | Path, *, dtype: str = "auto", device: str = "auto", log=None):
     """Load a model as ``unlearn`` evaluates it: ``(model, tokenizer)``. ``model`` is anything ``--model`` takes, a
     run folder included (its saved ``model/``). A checkpoint that carries an inference-time component (the feature
-    clamp of an ``sae-clamp`` run, ``clamp.json``) gets it attached again, and ``log(message)`` (default: a line on
-    stderr) says so; a plain ``AutoModelForCausalLM.from_pretrained`` of the same folder loads the weights without
-    it."""
+    clamp of an ``sae-clamp`` run, ``clamp.json``; the policy of a ``guard`` run, ``policy.json``) gets it attached
+    again, and ``log(message)`` (default: a line on stderr) says so; a plain
+    ``AutoModelForCausalLM.from_pretrained`` of the same folder loads the weights without it."""
     import sys
 
     from .models.load import load_model as load
 
     loaded = load(str(model), dtype, device, log=log or (lambda message: print(message, file=sys.stderr)))
     return loaded.model, loaded.tokenizer
+
+
+def load_guarded(run_dir: str | Path, *, dtype: str = "auto", device: str = "auto", log=None):
+    """A ``guard`` run's model with its generation-time policy attached, and its tokenizer: ``(model, tokenizer)``.
+    The same as :func:`load_model` (which attaches the policy of any folder holding ``policy.json``), but it fails
+    when there is no policy to attach. ``model.generate`` and plain forward passes then see the guarded logits."""
+    from .errors import UnlearnError
+    from .models import components
+    from .models.guard import POLICY_FILE
+
+    model, tokenizer = load_model(run_dir, dtype=dtype, device=device, log=log)
+    if not any(c.file == POLICY_FILE for c in components.attached(model)):
+        raise UnlearnError(f"no guard policy in {run_dir}: its model folder has no {POLICY_FILE} (a guard run has one)")
+    return model, tokenizer
 
 
 def ledger(run_dir: str | Path, pubkey: str | Path | None = None) -> dict:

@@ -1,5 +1,5 @@
-"""Inference-time components: what a saved model carries besides its weights (a sparse-autoencoder feature clamp;
-later, generation policies), kept as files beside the plain checkpoint and attached again whenever it is loaded.
+"""Inference-time components: what a saved model carries besides its weights (a sparse-autoencoder feature clamp,
+a generation-time guard policy), kept as files beside the plain checkpoint and attached again whenever it is loaded.
 
 A component is attached to a model in memory (forward hooks, never parameters: the weights, their hash and the
 checkpoint ``save_pretrained`` writes stay those of the plain model) and listed on the model, so that whatever
@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UnlearnError
 from ..registry import Registry
-from . import clamp
+from . import clamp, guard
 
 ATTACHED = "unlearn_components"  # the model attribute listing what is attached (a plain list, not a submodule)
 
@@ -49,6 +49,7 @@ class Kind:
 
 KINDS: Registry[Kind] = Registry("inference component")
 KINDS.add(clamp.CLAMP_FILE, Kind(clamp.CLAMP_FILE, "sparse-autoencoder feature clamp (sae-clamp)", clamp.read))
+KINDS.add(guard.POLICY_FILE, Kind(guard.POLICY_FILE, "generation-time guard policy (guard)", guard.read))
 
 
 def attached(model: nn.Module) -> list:

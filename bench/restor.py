@@ -41,6 +41,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled model needs no network (set before transformers loads)
 
 import unlearn  # noqa: E402
+from tofu_mini import fail, log, read_jsonl, write_jsonl  # noqa: E402 - this folder's TOFU helpers
 
 DEFAULT_TOFU = Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 SOURCES = ("world_facts_perturbed.jsonl", "real_authors_perturbed.jsonl")
@@ -71,28 +72,6 @@ COLUMNS = [  # (key of a row, header)
     ("heldout_clean_agreement", "held-out clean agreement"),
     ("time_s", "time (s)"),
 ]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        fail(f"file not found: {path} (set --tofu)")
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def write_jsonl(path: Path, records: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return str(path)
 
 
 def select_facts(tofu: Path, n_forget: int, n_retain: int, n_heldout: int, seed: int) -> dict[str, list[dict]]:

@@ -12,7 +12,6 @@ what the SAE was trained on). Nothing of the model's weights changes: the clamp 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UnlearnError
+from . import component_files
 from .adapters import adapter_for
 
 CLAMP_FILE = "clamp.json"
@@ -115,12 +115,8 @@ class FeatureClamp:
         }
 
     def save(self, directory: Path) -> list[str]:
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({n: getattr(self, n).detach().float().contiguous().cpu() for n in TENSORS}, directory / TENSORS_FILE)
-        (directory / CLAMP_FILE).write_text(json.dumps(self.record(), indent=2) + "\n", encoding="utf-8")
-        return [CLAMP_FILE, TENSORS_FILE]
+        tensors = {n: getattr(self, n) for n in TENSORS}
+        return component_files.write(directory, CLAMP_FILE, self.record(), TENSORS_FILE, tensors)
 
     def describe(self) -> str:
         return f"SAE feature clamp ({len(self.features)} features at layer {self.layer}, {self.mode})"
@@ -128,13 +124,10 @@ class FeatureClamp:
 
 def read(directory: Path) -> FeatureClamp:
     """The clamp saved in ``directory`` (``clamp.json`` and ``clamp.safetensors``)."""
-    from safetensors.torch import load_file
 
-    try:
-        meta = json.loads((directory / CLAMP_FILE).read_text(encoding="utf-8"))
+    def build(meta: dict, tensors: dict) -> FeatureClamp:
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT}")
-        tensors = load_file(directory / meta.get("tensors", TENSORS_FILE))
         limit = meta.get("norm_limit")
         return FeatureClamp(
             layer=int(meta["layer"]),
@@ -144,7 +137,5 @@ def read(directory: Path) -> FeatureClamp:
             norm_limit=float("inf") if limit is None else float(limit),
             info=dict(meta.get("sae") or {}),
         )
-    except UnlearnError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - json, safetensors and missing keys all mean an unreadable clamp
-        raise UnlearnError(f"cannot read the feature clamp in {directory}: {exc}".splitlines()[0]) from exc
+
+    return component_files.read(directory, CLAMP_FILE, TENSORS_FILE, "feature clamp", build)

@@ -20,7 +20,6 @@ sequences both see the guarded distribution; :meth:`GuardPolicy.processor` gives
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import UnlearnError
+from . import component_files
 from .adapters import adapter_for
 
 POLICY_FILE = "policy.json"
@@ -234,12 +234,8 @@ class GuardPolicy:
         }
 
     def save(self, directory: Path) -> list[str]:
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({n: getattr(self, n).detach().float().contiguous().cpu() for n in TENSORS}, directory / TENSORS_FILE)
-        (directory / POLICY_FILE).write_text(json.dumps(self.record(), indent=2) + "\n", encoding="utf-8")
-        return [POLICY_FILE, TENSORS_FILE]
+        tensors = {n: getattr(self, n) for n in TENSORS}
+        return component_files.write(directory, POLICY_FILE, self.record(), TENSORS_FILE, tensors)
 
     def describe(self) -> str:
         return (
@@ -269,15 +265,12 @@ class GuardLogitsProcessor:
 
 def read(directory: Path) -> GuardPolicy:
     """The policy saved in ``directory`` (``policy.json`` and ``policy.safetensors``)."""
-    from safetensors.torch import load_file
 
-    try:
-        meta = json.loads((directory / POLICY_FILE).read_text(encoding="utf-8"))
+    def build(meta: dict, tensors: dict) -> GuardPolicy:
         if meta.get("format") != FORMAT or meta.get("kind") != "guard":
             raise ValueError(
                 f"format {meta.get('format')!r} of {meta.get('kind')!r}, this version reads guard {FORMAT}"
             )
-        tensors = load_file(directory / meta.get("tensors", TENSORS_FILE))
         return GuardPolicy(
             layer=int(meta["layer"]),
             **{n: tensors[n] for n in TENSORS},
@@ -288,7 +281,5 @@ def read(directory: Path) -> GuardPolicy:
             semantic=[int(t) for t in meta.get("semantic", [])],
             info=dict(meta.get("info") or {}),
         )
-    except UnlearnError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - json, safetensors and missing keys all mean an unreadable policy
-        raise UnlearnError(f"cannot read the guard policy in {directory}: {exc}".splitlines()[0]) from exc
+
+    return component_files.read(directory, POLICY_FILE, TENSORS_FILE, "guard policy", build)

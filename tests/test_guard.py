@@ -163,7 +163,7 @@ def test_a_run_saves_the_policy_and_loading_the_run_folder_attaches_it(run_tiny)
     assert [c.file for c in components.attached(loaded.model)] == ["policy.json"]
     model, tokenizer = unlearn.load_guarded(result.run_dir, dtype="fp32", device="cpu", log=said.append)
     assert components.attached(model)[0].tokens == saved["tokens"] and tokenizer.pad_token_id == 1
-    with pytest.raises(UnlearnError, match="no guard policy"):
+    with pytest.raises(UnlearnError, match="no generation policy"):
         unlearn.load_guarded(result.config.model, dtype="fp32", device="cpu", log=said.append)
     with pytest.raises(UnlearnError, match="already carries"):
         run_tiny("again", "guard", {"tokens": 512}, from_run=str(result.run_dir), model=str(result.run_dir / "model"))

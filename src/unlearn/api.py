@@ -84,16 +84,20 @@ def load_model(model: str | Path, *, dtype: str = "auto", device: str = "auto", 
 
 
 def load_guarded(run_dir: str | Path, *, dtype: str = "auto", device: str = "auto", log=None):
-    """A ``guard`` run's model with its generation-time policy attached, and its tokenizer: ``(model, tokenizer)``.
-    The same as :func:`load_model` (which attaches the policy of any folder holding ``policy.json``), but it fails
-    when there is no policy to attach. ``model.generate`` and plain forward passes then see the guarded logits."""
+    """A ``guard``, ``icul`` or ``alu`` run's model with its generation policy attached, and its tokenizer:
+    ``(model, tokenizer)``. The same as :func:`load_model` (which attaches the policy of any folder holding
+    ``policy.json``), but it fails when there is no policy to attach. ``model.generate`` then generates under the
+    policy; plain forward passes see what the policy does to next-token logits (see each method's docs)."""
     from .errors import UnlearnError
     from .models import components
-    from .models.guard import POLICY_FILE
+    from .models.policies import POLICY_FILE
 
     model, tokenizer = load_model(run_dir, dtype=dtype, device=device, log=log)
     if not any(c.file == POLICY_FILE for c in components.attached(model)):
-        raise UnlearnError(f"no guard policy in {run_dir}: its model folder has no {POLICY_FILE} (a guard run has one)")
+        raise UnlearnError(
+            f"no generation policy in {run_dir}: its model folder has no {POLICY_FILE} "
+            "(a guard, icul or alu run has one)"
+        )
     return model, tokenizer
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UnlearnError
 from ..registry import Registry
-from . import clamp, guard
+from . import clamp, guard, policies  # noqa: F401 - guard registers its policy kind
 
 ATTACHED = "unlearn_components"  # the model attribute listing what is attached (a plain list, not a submodule)
 
@@ -49,7 +49,10 @@ class Kind:
 
 KINDS: Registry[Kind] = Registry("inference component")
 KINDS.add(clamp.CLAMP_FILE, Kind(clamp.CLAMP_FILE, "sparse-autoencoder feature clamp (sae-clamp)", clamp.read))
-KINDS.add(guard.POLICY_FILE, Kind(guard.POLICY_FILE, "generation-time guard policy (guard)", guard.read))
+KINDS.add(
+    policies.POLICY_FILE,
+    Kind(policies.POLICY_FILE, "generation-time policy (guard, icul or alu)", policies.read),
+)
 
 
 def attached(model: nn.Module) -> list:

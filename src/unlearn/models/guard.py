@@ -28,11 +28,10 @@ import torch
 from torch import nn
 
 from ..errors import UnlearnError
-from . import component_files
+from . import component_files, policies
 from .adapters import adapter_for
+from .policies import POLICY_FILE, TENSORS_FILE
 
-POLICY_FILE = "policy.json"
-TENSORS_FILE = "policy.safetensors"
 FORMAT = 1
 TENSORS = ("mean", "forget_centroid", "retain_centroid")
 
@@ -263,23 +262,20 @@ class GuardLogitsProcessor:
         return self.policy.edit(scores[:, None, :], input_ids, flags)[:, 0]
 
 
-def read(directory: Path) -> GuardPolicy:
-    """The policy saved in ``directory`` (``policy.json`` and ``policy.safetensors``)."""
+def build(meta: dict, tensors: dict) -> GuardPolicy:
+    """The guard policy of a ``policy.json`` record of kind ``guard`` and its tensors."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"format {meta.get('format')!r} of the guard policy, this version reads {FORMAT}")
+    return GuardPolicy(
+        layer=int(meta["layer"]),
+        **{n: tensors[n] for n in TENSORS},
+        threshold=float(meta["threshold"]),
+        tokens=[int(t) for t in meta["tokens"]],
+        phrases=[[int(t) for t in p] for p in meta["phrases"]],
+        penalty=float(meta["penalty"]),
+        semantic=[int(t) for t in meta.get("semantic", [])],
+        info=dict(meta.get("info") or {}),
+    )
 
-    def build(meta: dict, tensors: dict) -> GuardPolicy:
-        if meta.get("format") != FORMAT or meta.get("kind") != "guard":
-            raise ValueError(
-                f"format {meta.get('format')!r} of {meta.get('kind')!r}, this version reads guard {FORMAT}"
-            )
-        return GuardPolicy(
-            layer=int(meta["layer"]),
-            **{n: tensors[n] for n in TENSORS},
-            threshold=float(meta["threshold"]),
-            tokens=[int(t) for t in meta["tokens"]],
-            phrases=[[int(t) for t in p] for p in meta["phrases"]],
-            penalty=float(meta["penalty"]),
-            semantic=[int(t) for t in meta.get("semantic", [])],
-            info=dict(meta.get("info") or {}),
-        )
 
-    return component_files.read(directory, POLICY_FILE, TENSORS_FILE, "guard policy", build)
+policies.register("guard", build)

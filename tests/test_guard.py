@@ -127,6 +127,8 @@ def test_guarded_generation_never_emits_forbidden_tokens_when_flagged_and_is_pla
     components.attach(model, policy)
     try:
         guarded = _generate(model, ids, mask)
+        # the cached decoding steps extended one history per row (the prompt and all but the last new token)
+        assert policy._state["history"].shape == (4, ids.shape[1] + guarded.shape[1] - 1)
         scored = model(input_ids=ids, attention_mask=mask).logits
     finally:
         components.detach(model)

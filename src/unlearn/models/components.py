@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UnlearnError
 from ..registry import Registry
-from . import clamp, guard, policies  # noqa: F401 - guard registers its policy kind
+from . import alu, clamp, guard, icul, policies  # noqa: F401 - guard, icul and alu register their policy kinds
 
 ATTACHED = "unlearn_components"  # the model attribute listing what is attached (a plain list, not a submodule)
 

@@ -171,7 +171,7 @@ class GuardPolicy:
         if ids is None:  # inputs_embeds: nothing to track, no edit
             state.clear()
             return
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 names it ``cache``
         filled = cache is not None and (cache.get_seq_length() if hasattr(cache, "get_seq_length") else len(cache))
         if not filled or "history" not in state or len(state["history"]) != len(ids):
             mask = kwargs.get("attention_mask")

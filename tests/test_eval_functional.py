@@ -42,6 +42,12 @@ def test_truth_ratio():
 def test_truth_ratio_aggregates():
     assert F.truth_ratio_forget([0.5, 2.0, 1.0]) == pytest.approx((0.5 + 0.5 + 1.0) / 3)
     assert F.truth_ratio_retain([0.25, 1.5]) == pytest.approx((0.75 + 0.0) / 2)
+    # a guarded model (forbidden tokens at the lowest finite logit) gives R = 0 or inf: both score 0
+    lowest = -3.4e38
+    assert F.truth_ratio([[lowest]], [-1.0]) == 0.0 and F.truth_ratio([[-1.0]], [lowest]) == float("inf")
+    assert F.truth_ratio_forget([0.0, float("inf"), 1.0]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        F.truth_ratio_forget([float("nan")])
 
 
 def test_prob_among_choices():

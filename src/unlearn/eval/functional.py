@@ -90,19 +90,22 @@ def truth_ratio(perturbed_token_logprobs: Sequence[Any], correct_token_logprobs:
     if len(perturbed_token_logprobs) == 0:
         raise ValueError("perturbed_token_logprobs is empty: need at least one perturbed answer")
     wrong = np.mean([_vec(lp, f"perturbed answer {j}").mean() for j, lp in enumerate(perturbed_token_logprobs)])
-    return float(np.exp(wrong - _vec(correct_token_logprobs, "correct_token_logprobs").mean()))
+    with np.errstate(over="ignore"):  # a guarded model's forbidden tokens: R is 0 or inf, as exp gives it
+        return float(np.exp(wrong - _vec(correct_token_logprobs, "correct_token_logprobs").mean()))
 
 
 def truth_ratio_forget(tr_values: Any) -> float:
     """Forget-set truth-ratio score ``mean(min(R, 1/R))`` (TOFU; open-unlearning ``closer_to_1_better``).
 
     1 when wrong and correct answers are equally likely (nothing known), → 0 when the model clearly prefers
-    either one.
+    either one. R = 0 or R = inf (one side of the ratio underflowed, as behind a generation-time guard that
+    forbids tokens) scores 0, the limit of min(R, 1/R).
     """
     tr = _vec(tr_values, "tr_values")
-    if np.any(tr <= 0):
-        raise ValueError("truth ratios must be positive")
-    return float(np.mean(np.minimum(tr, 1.0 / tr)))
+    if np.any(np.isnan(tr)) or np.any(tr < 0):
+        raise ValueError("truth ratios must be non-negative numbers")
+    with np.errstate(divide="ignore"):
+        return float(np.mean(np.minimum(tr, 1.0 / tr)))
 
 
 def truth_ratio_retain(tr_values: Any) -> float:

@@ -152,3 +152,6 @@ def _in_context_attack(job) -> list[dict]:
             shots=shots,
         )
     ]
+
+
+from . import ablation, oracle, suffix, sweep  # noqa: E402, F401  (the opt-in attacks, registered after these)

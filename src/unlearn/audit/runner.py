@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import DataConfig, RunConfig, load_config_file, parse_config
 from ..errors import UnlearnError
@@ -46,6 +46,36 @@ class AuditConfig(BaseModel):
         None, ge=1, le=16, description="in-context: spare chunks (text, default 1) or QA records (default 3)"
     )
     topic: str | None = Field(None, description="what the forget data is, for the text prompt templates")
+    # opt-in attacks (docs/audit.md): direction ablation, relearning against a reference, adversarial suffix, sweep
+    ablate_layers: list[int] | None = Field(
+        None, description="ablate: residual-stream sites to try (0 = embeddings, k = output of block k; all)"
+    )
+    ablate_at: Literal["layer", "all"] = Field(
+        "layer", description="ablate: project the direction out at its own site only, or at every site"
+    )
+    reference: str | None = Field(
+        None, description="relearn:oracle: a model (or run folder) that never saw the forget data"
+    )
+    oracle_checkpoints: int = Field(4, ge=1, le=100, description="relearn:oracle: evaluations along the relearning")
+    suffix_len: int = Field(8, ge=1, le=64, description="suffix: adversarial tokens before the scored tokens")
+    suffix_steps: int = Field(100, ge=1, le=5000, description="suffix: search steps")
+    suffix_topk: int = Field(32, ge=1, le=4096, description="suffix: candidate tokens per position (gradient top-k)")
+    suffix_candidates: int = Field(16, ge=1, le=512, description="suffix: candidate suffixes scored per step")
+    suffix_probes: int = Field(4, ge=1, le=64, description="suffix: held-out forget rows the suffix is optimised on")
+    suffix_target_tokens: int = Field(32, ge=1, description="suffix: scored tokens per row in the search's loss")
+    sweep_steps: list[Annotated[int, Field(ge=1, le=10_000)]] = Field(
+        default_factory=lambda: [10, 40], min_length=1, description="relearn-sweep: step counts"
+    )
+    sweep_lr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [5e-5, 2e-4], min_length=1, description="relearn-sweep: learning rates"
+    )
+    sweep_tokens: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, min_length=1, description="relearn-sweep: held-out forget tokens per point (default relearn_tokens)"
+    )
+    sweep_modes: list[Literal["full", "lora"]] = Field(
+        default_factory=lambda: ["full", "lora"], min_length=1, description="relearn-sweep: full fine-tuning, LoRA"
+    )
+    sweep_lora: str = Field("r=8", description="relearn-sweep: the LoRA adapters ('r=8[,alpha=16,targets=a;b]')")
 
     @field_validator("quant_bits")
     @classmethod
@@ -53,6 +83,28 @@ class AuditConfig(BaseModel):
         if not v or any(not 2 <= b <= 16 for b in v):
             raise ValueError("quant_bits must list widths between 2 and 16")
         return v
+
+    @field_validator("ablate_layers")
+    @classmethod
+    def _sites(cls, v):
+        if v is not None and (not v or min(v) < 0):
+            raise ValueError("ablate_layers must list sites >= 0 (0 = embeddings)")
+        return v
+
+    @field_validator("sweep_lora")
+    @classmethod
+    def _lora(cls, v):
+        from ..methods.training import lora_spec
+
+        return lora_spec(v)
+
+    @model_validator(mode="after")
+    def _sweep_data(self):
+        if self.sweep_tokens and max(self.sweep_tokens) > self.relearn_tokens:
+            raise ValueError(
+                "sweep_tokens cannot exceed relearn_tokens (the held-out forget data): raise relearn_tokens"
+            )
+        return self
 
 
 def make_config(settings: dict | None) -> AuditConfig:
@@ -94,16 +146,20 @@ def audit(
 
     With a run folder, ``original``, ``forget``, ``retain`` and the chunking settings default to the run's; the
     results go to ``RUN/audit.json`` (else ``OUT/audit.json``, default ``audits/<model>``). ``attacks``: any of
-    :data:`ATTACKS` (default all); ``settings``: :class:`AuditConfig` fields. A run folder's files are first
-    checked against its manifest (:class:`UnlearnError` naming the first that differs) unless ``verify`` is
-    False. Returns the audit record.
+    :data:`ATTACKS` (default: all but the opt-in ones); ``settings``: :class:`AuditConfig` fields. A run
+    folder's files are first checked against its manifest (:class:`UnlearnError` naming the first that differs)
+    unless ``verify`` is False. Returns the audit record.
     """
     t0 = time.perf_counter()
     reporter = Reporter(console)
     cfg = make_config(settings)
-    chosen = list(attacks or ATTACKS)
+    chosen = list(attacks or [name for name, a in ATTACKS.items() if a.default])
     for a in chosen:
         ATTACKS.lookup(a)
+    if cfg.reference and "relearn:oracle" in chosen:  # named now, not after the attacks before it
+        from ..models.load import check_model_spec
+
+        check_model_spec(cfg.reference, "--reference")
     setup = _setup(
         model, original, forget, retain, control, out, overwrite, seq_len, eval_tokens, seed, batch_size, dtype
     )

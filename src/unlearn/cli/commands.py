@@ -182,11 +182,14 @@ def report_cmd(run_dirs, out_dir, no_verify, as_json):
 @click.option("--retain-format", type=choices(DataConfig, "format"), help="Format of --retain (default: detected).")
 @click.option("--control", help="Unrelated data for the control relearning (default: the retain data).")
 @click.option(
+    "--reference", help="relearn:oracle: a model (or run folder) that never saw the forget data (--set reference=)."
+)
+@click.option(
     "--attack",
     "attacks",
     multiple=True,
     type=click.Choice(list(ATTACKS)),
-    help="Run only these attacks (repeatable; default all).",
+    help="Run only these attacks (repeatable; default all but the opt-in ones).",
 )
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="An audit setting (repeatable; see below).")
 @click.option("--out", "out_dir", help="Write OUT/audit.json (default: the run folder, else audits/<model>).")
@@ -212,6 +215,7 @@ def audit_cmd(
     forget_format,
     retain_format,
     control,
+    reference,
     attacks,
     settings,
     out_dir,
@@ -237,11 +241,13 @@ def audit_cmd(
     prompt      step-by-step, role-play, prefix-injection (and, for QA data, paraphrase and
                 affirmative-suffix) prompts
     in-context  forget material placed before each probe, on the unlearned and the original model
+    opt-in      only with --attack: ablate, relearn:oracle (with --reference), suffix, relearn-sweep
 
     \b
     Settings (--set KEY=VALUE): metric (top1|top10), relearn_steps (20), relearn_lr (5e-5),
     relearn_batch_size (4), relearn_tokens (4096), quant_bits ([8, 4]), quant_group_size (0 = per channel),
-    shots (text 1 chunk, QA 3 records), topic (for the text prompts).
+    shots (text 1 chunk, QA 3 records), topic (for the text prompts); the opt-in attacks' ablate_*,
+    reference, oracle_checkpoints, suffix_* and sweep_* (docs/audit.md).
 
     \b
     unlearn audit runs/NAME                      # everything from the run folder; writes runs/NAME/audit.json
@@ -255,6 +261,7 @@ def audit_cmd(
         raise UnlearnError("give a run folder (RUN_DIR) or --model")
     if run_dir:
         _check_run_dir(run_dir)
+    settings = {**key_values(settings, "--set"), **({"reference": reference} if reference else {})}
     result = api.audit(
         run_dir or model,
         original=original,
@@ -262,7 +269,7 @@ def audit_cmd(
         retain=_audit_data(retain, retain_format),
         control=control,
         attacks=list(attacks) or None,
-        settings=key_values(settings, "--set"),
+        settings=settings,
         out=out_dir,
         overwrite=overwrite,
         seq_len=seq_len,

@@ -522,3 +522,27 @@ def test_lm_eval_suite_runs_a_local_harness_task_like_our_mcq_likelihood(tmp_pat
     )
     assert set(run.metrics["suites"]["after"]["lm-eval:tiny_geo"]["tiny_geo"]) >= {"acc,none", "n"}
     assert (run.run_dir / "eval" / "lm-eval.json").is_file()
+
+
+def test_min_k_plus_plus_moments_stay_finite_when_tokens_have_probability_zero(tiny):
+    """A generation-time guard sets forbidden logits to the dtype's lowest value: μ and σ of log p ignore them
+    (probability 0) instead of turning into NaN through 0 · lp²."""
+    _, lm = tiny
+    pairs = [("Q", " x y z w")]
+    plain = Scorer(lm.model, lm.tokenizer).score(pairs, distribution=True)[0]
+    head = lm.model.get_output_embeddings()
+    lowest = torch.finfo(torch.float32).min
+
+    def forbid(_module, _args, out):
+        out = out.clone()
+        out[..., :5] = lowest
+        return out
+
+    handle = head.register_forward_hook(forbid)
+    try:
+        guarded = Scorer(lm.model, lm.tokenizer).score(pairs, distribution=True)[0]
+    finally:
+        handle.remove()
+    assert np.isfinite(guarded.mu).all() and np.isfinite(guarded.sigma).all()
+    assert np.isfinite(F.min_k_plus_plus(guarded.logprobs, guarded.mu, guarded.sigma))
+    assert np.isfinite(plain.mu).all()

@@ -217,8 +217,10 @@ class Scorer:
                 mu = sigma = None
                 if distribution:
                     probs = lp.exp()
-                    mu_t = (probs * lp).sum(-1)
-                    sigma_t = ((probs * lp.square()).sum(-1) - mu_t.square()).clamp_min(0).sqrt()
+                    # tokens of probability 0 add nothing (a guard's forbidden ones: lp² would overflow, 0·inf NaN)
+                    lp0 = lp.masked_fill(probs == 0, 0)
+                    mu_t = (probs * lp0).sum(-1)
+                    sigma_t = ((probs * lp0.square()).sum(-1) - mu_t.square()).clamp_min(0).sqrt()
                     mu, sigma = mu_t.cpu().numpy(), sigma_t.cpu().numpy()
                 out.append((i, TokenScores(token_lp.cpu().numpy(), correct.cpu().numpy(), mu, sigma)))
             self.stats["scored_tokens"] += len(seq)

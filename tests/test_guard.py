@@ -169,6 +169,8 @@ def test_a_run_saves_the_policy_and_loading_the_run_folder_attaches_it(run_tiny)
         unlearn.load_guarded(result.config.model, dtype="fp32", device="cpu", log=said.append)
     with pytest.raises(UnlearnError, match="already carries"):
         run_tiny("again", "guard", {"tokens": 512}, from_run=str(result.run_dir), model=str(result.run_dir / "model"))
+    with pytest.raises(UnlearnError, match="guard found no token or phrase to forbid"):
+        run_tiny("nothing", "guard", {**RUN, "min_ratio": 1e6})
 
 
 def test_bad_settings_fail_in_one_line(env):

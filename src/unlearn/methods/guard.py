@@ -341,6 +341,11 @@ def guard(ctx, cfg: GuardConfig) -> MethodResult:
     splits = {which: ctx.training_split(which, cfg.tokens) for which in ("forget", "retain")}
     with ctx.reporter.stage("fitting the guard policy"):
         policy, facts = fit_policy(model, ctx.adapter, ctx.loaded.tokenizer, splits, cfg, seed, ctx.config.batch_size)
+    if not policy.forbidden and not policy.phrases:
+        raise UnlearnError(
+            "guard found no token or phrase to forbid in the data (a policy that would change nothing): lower "
+            "min_ratio or min_count, or give more forget text (tokens)"
+        )
     named = {"forget": ctx.forget.eval, "retain": ctx.retain.eval}
     if ctx.utility is not None:
         named["utility"] = ctx.utility.eval

@@ -206,7 +206,9 @@ class RunConfig(BaseModel):
     @classmethod
     def _method_parameters(cls, v):
         for key, value in _text_keys(v, "method parameter").items():
-            if _not_finite(value):  # nan passes every range check of the method's own config
+            # nan passes every range check of the method's own config; +inf is left to it (guard's penalty: inf is
+            # a setting, and every method config refuses inf where a number must be finite)
+            if _not_finite(value) and not _plus_inf(value):
                 raise ValueError(f"method parameter {key} must be a finite number, got {value!r}")
         return v
 
@@ -217,6 +219,14 @@ def _text_keys(values: dict, what: str) -> dict:
     if names:
         raise ValueError(f"{what} names must be text, got {names[0]!r}")
     return values
+
+
+def _plus_inf(value) -> bool:
+    """+inf as a float or as text ("inf", "+inf", "infinity")."""
+    try:
+        return float(value) == math.inf if isinstance(value, (float, str)) else False
+    except ValueError:
+        return False
 
 
 def _not_finite(value) -> bool:

@@ -178,3 +178,38 @@ def test_bundled_trained_methods_with_tiny_budgets(tmp_path, method):
     log = result.metrics.get("train_log", [])
     assert method == "ssd" or ([s["step"] for s in log] == [1, 2] and all(s["loss"] == s["loss"] for s in log))
     assert result.after["forget"]["loss"] != result.before["forget"]["loss"]  # the weights moved
+
+
+# fixed prompt sets for the guard's detector: code it must flag, English it must leave alone
+GUARD_CODE = [
+    "def parse_args(argv=None):\n    parser = argparse.ArgumentParser(description=__doc__)\n",
+    "class Stack:\n    def __init__(self):\n        self._items = []\n\n    def push(self, item):\n",
+    "import os\nimport sys\n\nfor name in sorted(os.listdir(sys.argv[1])):\n    print(name)\n",
+    "    try:\n        value = int(text)\n    except ValueError:\n        return None\n    return value\n",
+    "with open(path, encoding='utf-8') as fh:\n    rows = [line.split(',') for line in fh]\n",
+    '@property\ndef name(self) -> str:\n    """The object\'s name."""\n    return self._name\n',
+]
+GUARD_ENGLISH = [
+    "The river rose overnight after three days of rain, and by morning the lower fields were under water.",
+    "She had never been to the coast before, so the smell of salt and seaweed surprised her.",
+    "The committee met on Tuesday to discuss the new budget for the town library.",
+    "In the autumn the leaves turn red and gold, and the evenings grow short and cold.",
+    "He borrowed his neighbour's ladder to clear the gutters before the winter storms.",
+    "The museum's new exhibition traces the history of printing from woodblocks to modern presses.",
+]
+
+
+@SLOW
+def test_bundled_guard_flags_fixed_code_prompts_and_never_fixed_english_ones(tmp_path):
+    from unlearn.models import components
+
+    result = unlearn.run(
+        dict(SMALL, out_dir=str(tmp_path), name="guard", method="guard", method_config={"tokens": 8192})
+    )
+    model, tokenizer = unlearn.load_guarded(result.run_dir, dtype="fp32", device="cpu")
+    policy = components.attached(model)[0]
+    for prompts, expected in ((GUARD_CODE, True), (GUARD_ENGLISH, False)):
+        for text in prompts:
+            ids = tokenizer(text, return_tensors="pt")
+            flagged = bool(policy.detect(model, ids["input_ids"], ids["attention_mask"])[0])
+            assert flagged is expected, f"{'code' if expected else 'English'} prompt {text[:40]!r}: flagged {flagged}"

@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled model needs no netwo
 import torch  # noqa: E402
 
 import unlearn  # noqa: E402
-from tofu_mini import fail, log, read_jsonl, write_jsonl  # noqa: E402 - this folder's helpers
+from tofu_mini import fail, log, prepare_work, read_jsonl, write_jsonl  # noqa: E402 - this folder's helpers
 from unlearn.api import learn  # noqa: E402
 from unlearn.models import components  # noqa: E402
 from unlearn.models.load import cpu_level, load_model, resolve_source  # noqa: E402
@@ -370,23 +370,6 @@ def choose_methods(args) -> tuple[list[str], list[str], dict]:
         if args.quick and isinstance(steps, int) and not isinstance(steps, bool):
             configs[m] = {**configs[m], **QUICK_METHOD, **extra.get(m, {})}
     return known, skipped, configs
-
-
-def prepare_work(args, settings: dict) -> Path:
-    work, saved = args.work, args.work / "settings.json"
-    if work.exists() and not args.resume:
-        fail(f"work folder {work} exists: choose another --work, or --resume to reuse its finished pieces")
-    if work.exists() and saved.is_file():
-        old = json.loads(saved.read_text(encoding="utf-8"))
-        old_cfgs, new_cfgs = old.pop("method_configs", {}), settings["method_configs"]
-        differ = [k for k in settings if k != "method_configs" and old.get(k) != settings[k]]
-        differ += [f"method_configs.{m}" for m in new_cfgs if m in old_cfgs and old_cfgs[m] != new_cfgs[m]]
-        if differ:
-            fail(f"--resume with other settings than {saved}: {', '.join(differ)}")
-        settings["method_configs"] = {**old_cfgs, **new_cfgs}
-    work.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    return work
 
 
 def methods_rows(names, configs, files, eval_data, ref_json, work, args, timings) -> dict:

@@ -360,6 +360,25 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def prepare_work(args, settings: dict) -> Path:
+    """The work folder ``args.work``, made or (with ``--resume``) checked against the settings it was made with:
+    any difference but new methods' configs is refused. ``settings`` are saved there."""
+    work, saved = args.work, args.work / "settings.json"
+    if work.exists() and not args.resume:
+        fail(f"work folder {work} exists: choose another --work, or --resume to reuse its finished pieces")
+    if work.exists() and saved.is_file():
+        old = json.loads(saved.read_text(encoding="utf-8"))
+        old_cfgs, new_cfgs = old.pop("method_configs", {}), settings["method_configs"]
+        differ = [k for k in settings if k != "method_configs" and old.get(k) != settings[k]]
+        differ += [f"method_configs.{m}" for m in new_cfgs if m in old_cfgs and old_cfgs[m] != new_cfgs[m]]
+        if differ:
+            fail(f"--resume with other settings than {saved}: {', '.join(differ)}")
+        settings["method_configs"] = {**old_cfgs, **new_cfgs}
+    work.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    return work
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tofu", type=Path, default=DEFAULT_TOFU, help="folder of TOFU's JSONL files")
@@ -425,21 +444,7 @@ def main() -> None:
         "device": args.device,
         "method_configs": configs,
     }
-    work = args.work
-    saved = work / "settings.json"
-    if work.exists():
-        if not args.resume:
-            fail(f"work folder {work} exists: choose another --work, or --resume to reuse its finished pieces")
-        if saved.is_file():
-            old = json.loads(saved.read_text(encoding="utf-8"))
-            old_cfgs, new_cfgs = old.pop("method_configs", {}), settings["method_configs"]
-            differ = [k for k in settings if k != "method_configs" and old.get(k) != settings[k]]
-            differ += [f"method_configs.{m}" for m in new_cfgs if m in old_cfgs and old_cfgs[m] != new_cfgs[m]]
-            if differ:
-                fail(f"--resume with other settings than {saved}: {', '.join(differ)}")
-            settings["method_configs"] = {**old_cfgs, **new_cfgs}
-    work.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    work = prepare_work(args, settings)
 
     files = {k: write_jsonl(work / f"{k}.jsonl", v) for k, v in data["train"].items()}
     files.update(forget_rows=data["train"]["forget"], retain_rows=data["train"]["retain"])

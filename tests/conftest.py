@@ -294,3 +294,26 @@ def small_run_config(model, code, prose, out, **extra) -> dict:
         "report": False,
         **extra,
     }
+
+
+def bigram_split(vocab, rows: int, width: int, seed: int):
+    """A ``TokenSplit`` of chunks of random tokens of ``vocab`` (a range), each a bigram-rich walk (token t is
+    often followed by t + 1): data for the guard-style selection of forbidden tokens and phrases."""
+    from unlearn.data.chunking import TokenSplit
+
+    g = torch.Generator().manual_seed(seed)
+    lo, n = vocab[0], len(vocab)
+    start = torch.randint(0, n, (rows, 1), generator=g)
+    steps = torch.where(torch.rand(rows, width, generator=g) < 0.5, 1, torch.randint(0, n, (rows, width), generator=g))
+    ids = lo + (start + steps.cumsum(1)) % n
+    return TokenSplit(ids, torch.zeros_like(ids, dtype=torch.bool))
+
+
+def left_padded(rows, pad: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows (lists or tensors) as a left-padded batch: (ids, attention mask)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.as_tensor(r), 1
+    return ids, mask

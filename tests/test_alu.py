@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import unlearn
-from unlearn.data.chunking import TokenSplit
 from unlearn.errors import UnlearnError
 from unlearn.methods import get_method
 from unlearn.methods.alu import fit_policy
@@ -20,30 +19,11 @@ from unlearn.models.adapters import adapter_for
 from unlearn.models.alu import AluPolicy, BanProcessor, find
 from unlearn.models.load import load_model
 
-from conftest import assert_refused, invoke, tiny_model
+from conftest import assert_refused, bigram_split, invoke, left_padded, tiny_model
 
 FORGET, RETAIN = range(100, 112), range(200, 212)  # two disjoint vocabularies of the tiny tokenizer
 FIT = {"tokens": 64, "min_prompt": 8, "n_tokens": 6, "n_phrases": 4, "min_ratio": 3, "exclude_common": 0}
 RUN = {"tokens": 1024, "min_prompt": 8, "n_tokens": 6, "n_phrases": 4, "min_ratio": 3, "exclude_common": 10}
-
-
-def _split(vocab, rows: int, width: int, seed: int) -> TokenSplit:
-    """Chunks of random tokens of ``vocab``, each a bigram-rich walk (token t is often followed by t + 1)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, n = vocab[0], len(vocab)
-    start = torch.randint(0, n, (rows, 1), generator=g)
-    steps = torch.where(torch.rand(rows, width, generator=g) < 0.5, 1, torch.randint(0, n, (rows, width), generator=g))
-    ids = lo + (start + steps.cumsum(1)) % n
-    return TokenSplit(ids, torch.zeros_like(ids, dtype=torch.bool))
-
-
-def _batch(rows: list[list[int]], pad: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
-    return ids, mask
 
 
 def _generate(model, ids, mask, **kw):
@@ -56,7 +36,7 @@ def _generate(model, ids, mask, **kw):
 def drafted():
     """A tiny model, two left-padded prompts and the plain greedy output; a token only the first draft says."""
     model = tiny_model("llama")
-    ids, mask = _batch([[5, 40, 41, 42, 43, 44], [7, 90, 91]])
+    ids, mask = left_padded([[5, 40, 41, 42, 43, 44], [7, 90, 91]])
     plain = _generate(model, ids, mask)
     first, second = plain[0, ids.shape[1] :].tolist(), plain[1, ids.shape[1] :].tolist()
     only = [t for t in first if t not in second and t not in (5, 7, 40, 41, 42, 43, 44, 90, 91)]
@@ -128,7 +108,7 @@ def test_refuse_replaces_a_flagged_answer_and_after_rewrite_only_when_the_rewrit
 
 @pytest.fixture(scope="module")
 def splits():
-    return {"forget": _split(FORGET, 16, 32, 0), "retain": _split(RETAIN, 16, 32, 1)}
+    return {"forget": bigram_split(FORGET, 16, 32, 0), "retain": bigram_split(RETAIN, 16, 32, 1)}
 
 
 @pytest.mark.parametrize("checker", ["match", "embed", "model"])
@@ -146,10 +126,10 @@ def test_each_checker_is_fitted_and_measured_on_held_out_chunks(checker, splits,
         assert facts["checker_accuracy"]["held_out"]["balanced_accuracy"] == 1.0
     else:
         assert policy.question["yes"] != policy.question["no"] and "zebra" in facts["question"]
-    forget = _split(FORGET, 2, 12, 5).input_ids.tolist()
+    forget = bigram_split(FORGET, 2, 12, 5).input_ids.tolist()
     assert policy.scores(model, forget).shape == (2,)
     policy.threshold = -math.inf  # flag everything: every row is refused
-    ids, mask = _batch(forget)
+    ids, mask = left_padded(forget)
     components.attach(model, policy)
     try:
         out = _generate(model, ids, mask)
@@ -202,7 +182,7 @@ def test_the_embed_checker_keeps_its_vectors_beside_the_record(splits, tokenizer
     assert policy.save(tmp_path) == ["policy.json", "policy.safetensors"]
     again = policies.read(tmp_path)
     assert again.checker == "embed" and torch.equal(again.detector.mean, policy.detector.mean)
-    rows = _split(FORGET, 2, 12, 5).input_ids.tolist() + _split(RETAIN, 2, 12, 6).input_ids.tolist()
+    rows = bigram_split(FORGET, 2, 12, 5).input_ids.tolist() + bigram_split(RETAIN, 2, 12, 6).input_ids.tolist()
     assert torch.allclose(again.scores(model, rows), policy.scores(model, rows))
 
 

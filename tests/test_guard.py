@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import unlearn
-from unlearn.data.chunking import TokenSplit
 from unlearn.errors import UnlearnError
 from unlearn.methods import get_method
 from unlearn.methods.guard import fit_policy, semantic
@@ -20,7 +19,7 @@ from unlearn.models.adapters import adapter_for
 from unlearn.models.guard import GuardPolicy
 from unlearn.models.load import load_model
 
-from conftest import assert_refused, invoke, tiny_model
+from conftest import assert_refused, bigram_split, invoke, left_padded, tiny_model
 
 FORGET, RETAIN = range(100, 112), range(200, 212)  # two disjoint vocabularies of the tiny tokenizer
 RUN = {"tokens": 1024, "min_prompt": 8, "n_tokens": 6, "n_phrases": 4, "min_ratio": 3, "exclude_common": 10}
@@ -32,21 +31,11 @@ def _policy(tokens, phrases, penalty=3.0, threshold=0.0, width=4) -> GuardPolicy
     return GuardPolicy(0, z, torch.ones(width), -torch.ones(width), threshold, tokens, phrases, penalty)
 
 
-def _split(vocab, rows: int, width: int, seed: int) -> TokenSplit:
-    """Chunks of random tokens of ``vocab``, each a bigram-rich walk (token t is often followed by t + 1)."""
-    g = torch.Generator().manual_seed(seed)
-    lo, n = vocab[0], len(vocab)
-    start = torch.randint(0, n, (rows, 1), generator=g)
-    steps = torch.where(torch.rand(rows, width, generator=g) < 0.5, 1, torch.randint(0, n, (rows, width), generator=g))
-    ids = lo + (start + steps.cumsum(1)) % n
-    return TokenSplit(ids, torch.zeros_like(ids, dtype=torch.bool))
-
-
 @pytest.fixture(scope="module")
 def fitted(tokenizer):
     model = tiny_model("llama")
     cfg = get_method("guard").make_config(CFG)
-    splits = {"forget": _split(FORGET, 16, 32, 0), "retain": _split(RETAIN, 16, 32, 1)}
+    splits = {"forget": bigram_split(FORGET, 16, 32, 0), "retain": bigram_split(RETAIN, 16, 32, 1)}
     policy, facts = fit_policy(model, adapter_for(model), tokenizer, splits, cfg, seed=0)
     return model, policy, facts
 
@@ -74,7 +63,7 @@ def test_forbidden_tokens_come_from_the_forget_vocabulary_and_the_detector_separ
     assert policy.phrases and all(set(p) <= set(FORGET) for p in policy.phrases)
     assert [t["text"] for t in facts["forbidden_tokens"]] == [tokenizer.decode([t]) for t in policy.tokens]
     assert facts["detector"]["held_out"]["balanced_accuracy"] == 1.0
-    forget, retain = _split(FORGET, 10, 24, 7).input_ids, _split(RETAIN, 10, 24, 8).input_ids
+    forget, retain = bigram_split(FORGET, 10, 24, 7).input_ids, bigram_split(RETAIN, 10, 24, 8).input_ids
     assert policy.detect(model, forget).all() and not policy.detect(model, retain).any()
     assert policy.detect(model, forget[:, :8]).all() and not policy.detect(model, retain[:, :8]).any()
 
@@ -91,15 +80,6 @@ def test_semantic_matching_adds_tokens_whose_output_embedding_is_close_to_a_forb
     assert semantic(model, [], 0.5, set()) == []
 
 
-def _batch(rows: list[torch.Tensor], pad: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
-    return ids, mask
-
-
 def _generate(model, ids, mask, **kw):
     return model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=1, eos_token_id=None, **kw
@@ -108,8 +88,8 @@ def _generate(model, ids, mask, **kw):
 
 def test_guarded_generation_never_emits_forbidden_tokens_when_flagged_and_is_plain_otherwise(fitted):
     model, fitted_policy, _ = fitted
-    forget, retain = _split(FORGET, 2, 20, 11).input_ids, _split(RETAIN, 2, 20, 12).input_ids
-    ids, mask = _batch([forget[0], retain[0], forget[1][:12], retain[1][:9]])
+    forget, retain = bigram_split(FORGET, 2, 20, 11).input_ids, bigram_split(RETAIN, 2, 20, 12).input_ids
+    ids, mask = left_padded([forget[0], retain[0], forget[1][:12], retain[1][:9]])
     plain = _generate(model, ids, mask)
     # forbid what the plain model says after the forget prompts, and a phrase it would complete
     said = sorted(set(plain[[0, 2]].flatten().tolist()))

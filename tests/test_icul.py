@@ -20,19 +20,10 @@ from unlearn.models import components
 from unlearn.models.icul import IculPolicy
 from unlearn.models.load import load_model
 
-from conftest import FAMILIES, assert_refused, invoke, tiny_model
+from conftest import FAMILIES, assert_refused, invoke, left_padded, tiny_model
 
 CONTEXT = [0, 17, 42, 99, 3, 250, 8, 0]
 RUN = {"shots_forget": 2, "shots_retain": 2, "prompt_tokens": 8, "answer_tokens": 6}
-
-
-def _left_padded(rows: list[list[int]], pad: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
-    return ids, mask
 
 
 def _generate(model, ids, mask, **kw):
@@ -85,8 +76,8 @@ def test_scoring_under_the_policy_is_the_plain_model_on_the_context_prefixed_bat
 @pytest.mark.parametrize("prompts", [[[5, 60, 61, 62]], [[5, 60, 61, 62, 63, 64], [7, 70, 71]]])
 def test_generation_under_the_policy_is_the_plain_model_on_the_context_prefixed_prompt(model, prompts):
     policy = IculPolicy(CONTEXT)
-    ids, mask = _left_padded(prompts)
-    ref_ids, ref_mask = _left_padded([CONTEXT + p for p in prompts])
+    ids, mask = left_padded(prompts)
+    ref_ids, ref_mask = left_padded([CONTEXT + p for p in prompts])
     want = _generate(model, ref_ids, ref_mask)[:, ref_ids.shape[1] :]
     torch.manual_seed(3)
     sampled = _generate(model, ref_ids, ref_mask, do_sample=True, top_k=0)[:, ref_ids.shape[1] :]
@@ -110,8 +101,8 @@ def test_generation_under_the_policy_is_the_plain_model_on_the_context_prefixed_
 def test_every_family_scores_and_generates_after_the_context(family):
     model, policy = tiny_model(family), IculPolicy(CONTEXT)
     prompts = [[5, 60, 61, 62, 63, 64], [7, 70, 71]]
-    ids, mask = _left_padded(prompts)
-    ref_ids, ref_mask = _left_padded([CONTEXT + p for p in prompts])
+    ids, mask = left_padded(prompts)
+    ref_ids, ref_mask = left_padded([CONTEXT + p for p in prompts])
     beams = {"num_beams": 3, "num_return_sequences": 2}
     want = [_generate(model, ref_ids, ref_mask, **kw)[:, ref_ids.shape[1] :] for kw in ({}, beams)]
     prefixed, prefixed_mask = policy.prefixed(ids, mask)

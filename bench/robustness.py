@@ -18,6 +18,11 @@ Prints one JSON object on stdout (progress on stderr):
     python bench/robustness.py --methods default,prune-heal --work /tmp/robust > robust.json
     python bench/tofu_mini.py --methods npo --work /tmp/tofu        # TOFU-mini: the target, reference and runs
     python bench/robustness.py --scenario tofu-mini --tofu-work /tmp/tofu --methods npo --work /tmp/robust-tofu
+
+Variants of a method are rows too: ``--variants '{"undo": {"method_config": {"undo_alpha": 0.1}}}'`` runs the
+default method with those settings under the label ``undo`` (``"method"`` or ``"preset"`` pick another base).
+``--attacks relearn`` and ``--no-strong`` screen a variant cheaply: where the default relearning already brings back
+more than its limit, the stronger one (more steps, a higher learning rate) is not expected to bring back less.
 """
 
 from __future__ import annotations
@@ -46,10 +51,13 @@ LIMITS = {"relearn:forget": 0.15, "strong": 0.30, "quantize": 0.05, "logit-lens"
 QUICK = {"relearn_steps": 2, "suffix_steps": 2, "suffix_probes": 1, "relearn_tokens": 512}
 
 
-def run_config(label: str, work: Path, quick: bool) -> dict:
-    """The ``unlearn.run`` config of ``label`` in the default scenario: a preset, or a method with its defaults."""
+def run_config(label: str, work: Path, quick: bool, variant: dict | None = None) -> dict:
+    """The ``unlearn.run`` config of ``label`` in the default scenario: a preset, a method with its defaults, or a
+    ``variant`` ({"method" or "preset", "method_config"})."""
     cfg: dict = {"out_dir": str(work / "runs"), "name": label, "seed": 0}
-    if label in PRESETS[1:]:
+    if variant is not None:
+        cfg.update({k: v for k, v in variant.items() if k in ("method", "preset", "method_config")})
+    elif label in PRESETS[1:]:
         cfg["preset"] = label
     elif label != "default":
         cfg["method"] = label
@@ -58,14 +66,14 @@ def run_config(label: str, work: Path, quick: bool) -> dict:
     return cfg
 
 
-def default_run(label: str, work: Path, quick: bool) -> Path:
+def default_run(label: str, work: Path, quick: bool, variant: dict | None = None) -> Path:
     """The run folder of ``label`` in the default scenario (run now, or reused)."""
     run_dir = work / "runs" / label
     if (run_dir / "manifest.json").is_file():
         log(f"{label}: reusing {run_dir}")
         return run_dir
     log(f"{label}: unlearn.run")
-    return Path(unlearn.run(run_config(label, work, quick)).run_dir)
+    return Path(unlearn.run(run_config(label, work, quick, variant)).run_dir)
 
 
 def tofu_run(label: str, tofu_work: Path) -> Path:
@@ -117,11 +125,14 @@ def measure(label: str, run_dir: Path, work: Path, args, audit_kw: dict, extra: 
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     after = metrics.get("after") or {}
     base = {**(QUICK if args.quick else {}), **extra}
-    attacks = STANDARD + (["relearn:oracle"] if args.scenario == "tofu-mini" else [])
+    attacks = args.attacks + (["relearn:oracle"] if args.scenario == "tofu-mini" else [])
     start = time.perf_counter()
-    standard = audited(run_dir, work / "audits" / label / "standard", attacks, dict(base), **audit_kw)
+    folder = "standard" if args.attacks == STANDARD else "+".join(args.attacks)
+    standard = audited(run_dir, work / "audits" / label / folder, attacks, dict(base), **audit_kw)
     strong_settings = {**base, **STRONG, **({"sweep_steps": [2]} if args.quick else {})}
-    strong = audited(run_dir, work / "audits" / label / "strong", ["relearn-sweep"], strong_settings, **audit_kw)
+    strong = {"attacks": []}
+    if args.strong:
+        strong = audited(run_dir, work / "audits" / label / "strong", ["relearn-sweep"], strong_settings, **audit_kw)
     row = {
         "run": str(run_dir),
         "forget_drop_top1": (after.get("forget_drop") or {}).get("top1"),
@@ -157,12 +168,18 @@ def main() -> None:
     ap.add_argument("--methods", default="default", help="comma-separated methods or presets (default, prune-heal, …)")
     ap.add_argument("--work", type=Path, default=Path("bench_out/robustness"), help="work folder (reused)")
     ap.add_argument("--tofu-work", type=Path, help="tofu-mini: the --work folder of bench/tofu_mini.py")
+    ap.add_argument("--variants", type=json.loads, default={}, help='{"label": {"method_config": …}}')
+    ap.add_argument("--attacks", default=",".join(STANDARD), help="the standard audit's attacks (comma-separated)")
+    ap.add_argument("--no-strong", dest="strong", action="store_false", help="skip the strong relearning sweep")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()] + list(args.variants)
+    if args.variants and args.scenario != "default":
+        fail("--variants runs the default scenario; for TOFU-mini give bench/tofu_mini.py --method-config")
     registered = unlearn.methods()
-    unknown = [m for m in labels if m not in registered and m not in PRESETS]
+    unknown = [m for m in labels if m not in registered and m not in PRESETS and m not in args.variants]
     if unknown:
         fail(f"unknown method(s) {', '.join(unknown)}: use {', '.join([*PRESETS, *registered])}")
     audit_kw: dict = {}
@@ -180,7 +197,7 @@ def main() -> None:
         start = time.perf_counter()
         try:
             if args.scenario == "default":
-                run_dir = default_run(label, args.work, args.quick)
+                run_dir = default_run(label, args.work, args.quick, args.variants.get(label))
             else:
                 run_dir = tofu_run(label, args.tofu_work)
             rows[label] = measure(label, run_dir, args.work, args, audit_kw, extra)
@@ -194,6 +211,9 @@ def main() -> None:
         "scenario": args.scenario,
         "quick": args.quick,
         "limits": LIMITS,
+        "attacks": args.attacks,
+        "strong": STRONG if args.strong else None,
+        "variants": args.variants,
         "rows": rows,
         "cpu": cpu_level(),
         "threads": torch.get_num_threads(),

@@ -143,8 +143,8 @@ def test_zero_ablation_hooks_fold_and_save_agree(family, tokenizer, tmp_path):
     assert state_dict_hash(reloaded) == state_dict_hash(folded)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_zero_fold_changes_only_pruned_columns(family):
+@pytest.mark.parametrize("family", ["llama", "gpt2", "phi3"])
+def test_zero_fold_changes_only_the_pruned_neurons(family):
     model = tiny_model(family)
     adapter = adapter_for(model)
     ablation = _make_ablation(model, adapter, mean=False, kinds=("ff",))
@@ -153,10 +153,42 @@ def test_zero_fold_changes_only_pruned_columns(family):
     after = folded.state_dict()
     assert after.keys() == before.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    ff_key = "mlp.c_proj.weight" if family == "gpt2" else "mlp.down_proj.weight"
-    assert changed == {k for k in before if k.endswith(ff_key)}
+    # the output columns of the pruned neurons and the rows that compute them, nothing else
+    names = {"gpt2": ("mlp.c_proj.weight", "mlp.c_fc.weight", "mlp.c_fc.bias"),
+             "phi3": ("mlp.down_proj.weight", "mlp.gate_up_proj.weight")}  # fmt: skip
+    ff_keys = names.get(family, ("mlp.down_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight"))
+    assert changed == {k for k in before if k.endswith(ff_keys)}
+    for (_, layer), mask in ablation.pruned.items():
+        width = mask.numel()
+        for proj in adapter.ff_inputs(folded, layer):
+            rows = weight_columns(proj, adapter.conv1d)
+            for k in range(rows.shape[0] // width):
+                assert torch.all(rows[k * width : (k + 1) * width][mask] == 0)
+                assert torch.all(rows[k * width : (k + 1) * width][~mask] != 0)
     # the input model of a fold is the working copy; the original stays untouched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_fine_tuning_cannot_revive_a_folded_neuron(family):
+    """Zeroing only the output column leaves the neuron computing its feature, and the first gradient step
+    writes the column back; with its input rows zeroed as well every gradient through it is zero."""
+    torch.manual_seed(0)
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    ablation = _make_ablation(model, adapter, mean=False, kinds=("ff",))
+    folded = fold(copy.deepcopy(model), adapter, ablation).train().requires_grad_(True)
+    opt = torch.optim.AdamW(folded.parameters(), lr=1e-2, weight_decay=0.1)
+    ids = _ids()
+    for _ in range(5):
+        opt.zero_grad()
+        folded(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    for (_, layer), mask in ablation.pruned.items():
+        out = weight_columns(adapter.out_proj(folded, layer, "ff"), adapter.conv1d)
+        assert torch.all(out[:, mask] == 0) and torch.any(out[:, ~mask] != 0)
+        for proj in adapter.ff_inputs(folded, layer):
+            assert torch.all(weight_columns(proj, adapter.conv1d)[mask] == 0)
 
 
 def test_fold_without_ablation_is_a_no_op():
@@ -245,9 +277,14 @@ def test_mean_fold_llama_turns_on_bias_flags_and_zeroes_new_biases(kinds, tokeni
             assert state[key].abs().max() > 0
         else:
             assert torch.all(state[key] == 0), f"{key} should be zero"
-    # every pre-existing parameter is unchanged except the pruned weight columns
+    # every pre-existing parameter is unchanged except the pruned weight columns and the rows computing them
     for key, value in original.items():
         if key.endswith(("down_proj.weight", "o_proj.weight")):
+            continue
+        if "ff" in kinds and key.endswith(("gate_proj.weight", "up_proj.weight")):
+            layer = int(key.split(".")[2])
+            mask = ablation.pruned[("ff", layer)]
+            assert torch.all(state[key][mask] == 0) and torch.equal(state[key][~mask], value[~mask]), key
             continue
         assert torch.equal(state[key], value), key
 

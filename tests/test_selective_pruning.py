@@ -543,6 +543,47 @@ def test_prune_then_heal_keeps_pruned_neurons_pruned(setup, ablation):
         assert torch.count_nonzero(down[:, pruned]) == 0
 
 
+def test_undo_noises_then_distils_the_healed_model(setup):
+    """UNDO: the healed model is the teacher of a copy shrunk towards a fresh initialisation; the distillation
+    steps follow the healing ones in the log, bring the KL to the teacher down, and the pruned neurons stay dead
+    (their output columns and the gate and up rows that compute them are 0 in the saved model)."""
+    # a teacher far from uniform (healed towards the retain text's tokens), so the KL is well above its noise
+    mc = {"ff_frac": 0.2, "steps": 1, "heal_steps": 8, "heal_lr": 3e-3, "heal_target": "nll", "heal_forget_weight": 0}
+    healed = setup["run"]("healed", mc)
+    undone = setup["run"]("undone", {**mc, "undo_alpha": 0.5, "undo_steps": 8, "undo_lr": 1e-3})
+    assert "UNDO" in undone.metrics["stop_reason"]
+    log = undone.metrics["train_log"]
+    assert [r.get("phase") for r in log] == [None] * 8 + ["undo"] * 8 and [r["step"] for r in log] == list(range(1, 17))
+    assert log[-1]["loss"] < log[8]["loss"] / 2
+    model, other = _plain(undone.run_dir / "model"), _plain(healed.run_dir / "model")
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, other.model.layers[0].mlp.up_proj.weight)
+    pruned = json.loads((undone.run_dir / "pruned_neurons.json").read_text())["ff"]
+    assert pruned and _indices(undone.run_dir) == _indices(healed.run_dir)
+    for layer, idx in pruned.items():
+        mlp = model.model.layers[int(layer)].mlp
+        for w in (mlp.down_proj.weight[:, idx], mlp.gate_proj.weight[idx], mlp.up_proj.weight[idx]):
+            assert torch.count_nonzero(w) == 0
+    with pytest.raises(ValidationError, match="heal_steps"):
+        SelectivePruningConfig(undo_alpha=0.1, heal_steps=0)
+
+
+def test_undo_noise_mixes_towards_a_fresh_initialisation():
+    from conftest import tiny_model
+
+    from unlearn.methods.undo import noised
+
+    def mixed(alpha):
+        model = tiny_model("llama")
+        noised(model, alpha, seed=3, parameters=list(model.parameters()))
+        return dict(model.named_parameters())
+
+    base, fresh, half = dict(tiny_model("llama").named_parameters()), mixed(1.0), mixed(0.5)
+    for name, p in mixed(0.0).items():
+        assert torch.equal(p, base[name])
+        torch.testing.assert_close(half[name], 0.5 * base[name] + 0.5 * fresh[name])
+    assert any(not torch.equal(fresh[n], base[n]) for n in base)
+
+
 def test_heal_freezes_the_vocabulary_matrices_and_recomputes_activations(setup):
     """By default healing trains the body only (the token embeddings and the LM head keep their weights) and
     recomputes activations in the backward pass: the same training as keeping them; heal_embeddings trains all."""

@@ -340,3 +340,50 @@ def test_lora_flag(tmp_path, tiny_checkpoint, text_files):
     assert "lora: r=4" in (tmp_path / "runs" / "l" / "config.yaml").read_text()
     r = CliRunner().invoke(main, [*args[:-2], "--lora", "r=0", "--name", "m"], catch_exceptions=False)
     assert r.exit_code == 2 and "lora" in r.stderr.lower()
+
+
+def test_sam_takes_the_gradient_at_the_sharpest_nearby_weights():
+    """One SAM step (sam_rho) equals AdamW fed the gradient taken at w + ρ·g/‖g‖, applied from w; without
+    sam_rho the same step differs."""
+    import copy
+
+    from conftest import bigram_split, tiny_model
+
+    from unlearn.methods.training import TrainConfig, fine_tune
+    from unlearn.progress import Reporter
+
+    model = tiny_model("llama")
+    split = bigram_split(range(3, 60), rows=4, width=16, seed=0)
+    ids = split.input_ids
+    rho, lr = 0.5, 1e-3
+
+    def gradient(m):
+        m.zero_grad()
+        m(input_ids=ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in m.parameters()]
+
+    manual = copy.deepcopy(model).float().train().requires_grad_(True)
+    g = gradient(manual)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in g]))
+    with torch.no_grad():
+        for p, x in zip(manual.parameters(), g):
+            p.add_(x, alpha=rho / float(norm))
+    g_sharp = gradient(manual)
+    with torch.no_grad():
+        for p, x in zip(manual.parameters(), g):
+            p.sub_(x, alpha=rho / float(norm))
+        for p, x in zip(manual.parameters(), g_sharp):
+            p.grad = x
+    torch.nn.utils.clip_grad_norm_(list(manual.parameters()), 1.0)
+    torch.optim.AdamW(manual.parameters(), lr=lr, weight_decay=0.0).step()
+
+    def one_step(sam_rho):
+        cfg = TrainConfig(steps=1, lr=lr, batch_size=4, sam_rho=sam_rho)
+        return fine_tune(copy.deepcopy(model), split, cfg, seed=0, reporter=Reporter()).model
+
+    sam, plain = one_step(rho), one_step(0.0)
+    for a, b in zip(sam.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert max(float((a - c).detach().abs().max()) for a, c in zip(sam.parameters(), plain.parameters())) > 1e-4
+    with pytest.raises(ValueError, match="grad_accum 1"):
+        TrainConfig(sam_rho=0.1, grad_accum=2)

@@ -6,17 +6,17 @@ Per step: collect per-neuron statistics on the forget and retain statistics chun
 neurons (across all layers, or within each layer), evaluate, and repeat — statistics are re-collected on the
 pruned model unless ``recollect`` is off.
 
-Then, by default, heal (:func:`heal`): a few training steps on retain text with the pruned neurons held pruned —
+Then, by default, heal (:mod:`.healing`): a few training steps on retain text with the pruned neurons held pruned —
 towards the original model's next-token distribution (KL distillation) or the text's next tokens — under a forget
 floor that keeps the forget data at least ``heal_floor_scale`` times as unlikely as pruning left it. The defaults
 (one step of 0.5 % of the feed-forward neurons, no attention neurons, 8 KL healing steps, floor 2×) were chosen on
 prose the run never saw in ``bench/efficacy.py`` (issue 16); ``heal_steps=0`` prunes only, and the ``paper``
-preset is the published algorithm.
+preset is the published algorithm. With ``undo_alpha`` the result is then distilled into a noised copy of itself
+(UNDO, :mod:`.undo`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Literal
 
 import torch
@@ -74,6 +74,14 @@ class SelectivePruningConfig(BaseModel):
         "whole next-token distribution, KL(original ‖ model) (distillation: keeps the model's calibration instead "
         "of sharpening it towards the retain text; one more forward pass per step, and a copy of the model)",
     )
+    heal_sam_rho: float = Field(
+        0.0,
+        ge=0,
+        lt=10,
+        description="sharpness-aware healing: each healing step's gradient is taken ρ away along the loss's "
+        "steepest rise (SAM; with the forget floor, towards making the forget data likelier again), so the "
+        "healed model sits where small weight changes move it little (0 = off; twice the compute per step)",
+    )
     heal_lora: str | None = Field(
         None,
         description="heal LoRA adapters instead of the whole body ('r=16[,alpha=32,targets=a;b]'), merged into the "
@@ -103,12 +111,26 @@ class SelectivePruningConfig(BaseModel):
         "as unlikely as pruning left it; above 1 the hinge pushes it further (bounded gradient ascent)",
     )
 
+    undo_alpha: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="UNDO: after healing, shrink the body's weights towards a fresh random initialisation, "
+        "θ ← (1 − α)·θ + α·θ_init, and distil the unlearned model into that copy (undo_steps of KL on the healing "
+        "chunks): what the weights still hid beneath the behaviour is damaged, the behaviour comes back "
+        "(Lee et al. 2025; 0 = off)",
+    )
+    undo_steps: int = Field(50, ge=1, le=100_000, description="UNDO: distillation steps (with undo_alpha)")
+    undo_lr: float = Field(2e-4, gt=0, lt=1, description="UNDO: learning rate of the distillation (AdamW)")
+
     _lora_syntax = field_validator("heal_lora")(lora_spec)
 
     @model_validator(mode="after")
     def _something_to_prune(self):
         if self.ff_frac <= 0 and self.attn_frac <= 0 and self.expert_frac <= 0:
             raise ValueError("ff_frac and attn_frac are both 0 (expert_frac too): set at least one in (0, 1)")
+        if self.undo_alpha and not self.heal_steps:
+            raise ValueError("undo_alpha distils the healed model: set heal_steps ≥ 1")
         return self
 
     def fraction(self, kind: str) -> float:
@@ -283,6 +305,8 @@ def _healed(ctx, cfg: SelectivePruningConfig, pruned: MethodResult, heal_data) -
         pruned.stop_reason += "; nothing pruned, so not healed"  # e.g. a budget undid the first step
     if not cfg.heal_steps or not pruned_any:
         return pruned
+    from .healing import heal
+
     healed = heal(ctx, ablation, cfg, heal_data)
     stop_reason += f"; healed {cfg.heal_steps} steps on retain"
     extra = {
@@ -293,156 +317,15 @@ def _healed(ctx, cfg: SelectivePruningConfig, pruned: MethodResult, heal_data) -
     if healed.extra["forget_floor"] is not None:
         stop_reason += f" with a forget floor (NLL {healed.extra['forget_floor']:.3f})"
         extra["heal_forget_floor"] = healed.extra["forget_floor"]
+    model, log = healed.model, healed.log
+    if cfg.undo_alpha:
+        from .undo import distil
+
+        undone = distil(ctx, model, ablation, cfg, heal_data)
+        model = undone.model
+        log = log + [{**r, "step": r["step"] + len(healed.log), "phase": "undo"} for r in undone.log]
+        stop_reason += f"; distilled into a copy noised by α = {cfg.undo_alpha:g} for {cfg.undo_steps} steps (UNDO)"
+        extra["undo_seconds"] = undone.extra["train_seconds"]
     return MethodResult(
-        ablation=ablation, steps=pruned.steps, stop_reason=stop_reason, model=healed.model, log=healed.log, extra=extra
+        ablation=ablation, steps=pruned.steps, stop_reason=stop_reason, model=model, log=log, extra=extra
     )
-
-
-FLOOR_TOKENS = 4096
-
-
-def _floor_chunks(stats):
-    """The chunks on which the forget floor's pruned forget NLL is measured: the first ``FLOOR_TOKENS`` of the
-    statistics chunks (they come in shuffled order), not all of them: one forward pass over the default 8,192
-    statistics tokens takes about 17 s on a 2-core AVX2 CPU."""
-    from ..data.chunking import TokenSplit
-
-    n = max(1, FLOOR_TOKENS // stats.input_ids.shape[1])
-    return stats if n >= len(stats.input_ids) else TokenSplit(stats.input_ids[:n], stats.special[:n])
-
-
-def _inputs(batch) -> dict:
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-
-
-def _vocabulary(model) -> list:
-    """The token embeddings and the LM head (one tensor when they are tied)."""
-    found = [m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
-    return list({id(p): p for p in found}.values())
-
-
-def _body(model) -> list:
-    """The parameters other than the token embeddings and the LM head."""
-    vocab = {id(p) for p in _vocabulary(model)}
-    return [p for p in model.parameters() if id(p) not in vocab]
-
-
-def heal(ctx, ablation: Ablation, cfg: SelectivePruningConfig, retain_split) -> MethodResult:
-    """Prune-then-heal: train the model on ``retain_split`` (the retain statistics chunks, or the
-    ``heal_tokens`` chunks: :meth:`~unlearn.api.MethodContext.training_split`) with ``ablation`` applied: towards
-    the next tokens (``heal_target="nll"``) or towards the model as it was before pruning, KL(original ‖ model)
-    over the whole vocabulary (``"kl"``; the original is a frozen copy, or with ``heal_lora`` the same weights run
-    with the adapters and the ablation hooks off). A pruned neuron's input to its output projection
-    stays at its ablated value (0, or the constant retain mean), so that projection's column gets no gradient:
-    the pruned neurons stay pruned, and the other weights relearn what the retain data lost with them.
-
-    With ``heal_forget_weight`` g > 0 each step also scores a forget batch and adds g * max(0, floor - NLL_forget),
-    floor = ``heal_floor_scale`` × the pruned model's mean forget NLL on the statistics chunks (their first
-    ``FLOOR_TOKENS``): a hinge that is silent while the forget data stays that unlikely, and pushes back (gradient
-    ascent, bounded) as soon as the forget loss falls below it. Returns the training result (the model, float32;
-    ``extra["forget_floor"]``).
-    """
-    from ..data.chunking import tokens_sha256
-    from ..eval.metrics import mean_loss
-    from ..models.hooks import Switch, ablated
-    from .context import TrainingData
-    from .training import TrainConfig, train
-
-    tcfg = TrainConfig(
-        steps=cfg.heal_steps,
-        lr=cfg.heal_lr,
-        batch_size=cfg.heal_batch_size,
-        checkpointing=cfg.heal_checkpointing,
-        lora=cfg.heal_lora,
-    )
-    # healing is short: it restarts on --resume
-    view = ctx.training(
-        retain=TrainingData(retain_split), save_checkpoint=None, resumed=None, budgeted=False, check_budget=None
-    )
-    switch = Switch()
-    retain_loss = _retain_loss(ctx, cfg, switch)  # before the ablation hooks go on: KL's frozen copy is unpruned
-    lora_hooks = contextlib.ExitStack()
-
-    def ablate_lora_path(peft_model):
-        # peft wraps each output projection in a LoRA layer whose adapter reads the projection's input beside the
-        # wrapped layer: a hook on the wrapper ablates that input for both, so no pruned neuron leaks through it
-        lora_hooks.enter_context(ablated(peft_model.get_base_model(), ctx.adapter, ablation, switch))
-
-    with ablated(ctx.model, ctx.adapter, ablation, switch), lora_hooks:
-        floor = None
-        if cfg.heal_forget_weight:
-            pruned_nll = mean_loss(ctx.model, _floor_chunks(ctx.forget.stats), batch_size=ctx.config.batch_size)
-            floor = cfg.heal_floor_scale * pruned_nll
-        result = train(
-            view,
-            tcfg,
-            _floored(retain_loss, floor, cfg.heal_forget_weight),
-            trainable=None if cfg.heal_embeddings else _body,
-            lora_init=ablate_lora_path if cfg.heal_lora else None,
-        )
-    result.extra["forget_floor"] = floor
-    result.extra["heal_data"] = {"n_tokens": retain_split.n_tokens, "sha256": tokens_sha256(retain_split.input_ids)}
-    return result
-
-
-def _nll(model, batch):
-    from . import losses
-
-    return losses.nll(model(**_inputs(batch)).logits, batch["labels"])
-
-
-def _retain_loss(ctx, cfg: SelectivePruningConfig, switch):
-    """The healing loss on a retain batch: next-token NLL, or KL to the model as it was before pruning."""
-    from . import losses
-
-    # KL healing distils from the model as it was before pruning: with LoRA, the same model with its adapters and
-    # ablation hooks off; otherwise a frozen copy, taken before the ablation hooks go on
-    original = None
-    if cfg.heal_target == "kl" and not cfg.heal_lora:
-        import copy
-
-        # the token embeddings and the LM head keep their weights unless heal_embeddings: the copy shares them
-        # (113 MB less for SmolLM2-135M in float32)
-        kept = {} if cfg.heal_embeddings else {id(p): p for p in _vocabulary(ctx.model)}
-        original = copy.deepcopy(ctx.model, memo=kept).eval().requires_grad_(False)
-
-    def reference_logits(model, batch):
-        with torch.no_grad():
-            if original is not None:
-                return original(**_inputs(batch)).logits
-            with getattr(model, "module", model).disable_adapter(), switch.off():
-                return model(**_inputs(batch)).logits
-
-    def retain_loss(model, batch):
-        if cfg.heal_target == "nll":
-            return _nll(model, batch)
-        logits = model(**_inputs(batch)).logits
-        return losses.kl_to_reference(logits, reference_logits(model, batch), batch["labels"])
-
-    return retain_loss
-
-
-def _floored(retain_loss, floor: float | None, weight: float):
-    """The training loss: ``retain_loss``, plus ``weight`` × the hinge max(0, floor − forget NLL) when a
-    forget floor is set."""
-
-    acted = [False]  # whether the hinge acted in the previous step
-
-    def loss(model, forget, retain, _reference):
-        r = retain_loss(model, retain)
-        if floor is None:
-            return r, {}
-        # the hinge is silent (no gradient) while the forget loss is above the floor: then one forward pass
-        # without a graph tells so, and the forward and backward passes of a graph are only paid when it acts.
-        # After a step where it acted it most likely acts again, and the graph is built at once.
-        if acted[0]:
-            f = _nll(model, forget)
-        else:
-            with torch.no_grad():
-                f = _nll(model, forget)
-            if f < floor:
-                f = _nll(model, forget)
-        acted[0] = bool(f < floor)
-        return r + weight * torch.relu(floor - f), {"retain_loss": r.detach(), "forget_loss": f.detach()}
-
-    return loss

@@ -44,6 +44,9 @@ class Adapter:
     final_norm: str = "model.norm"  # the norm between the last block and the unembedding (logit lens)
     experts: str | None = None  # path inside a block to the fused experts (3-D gate_up_proj / down_proj tensors)
     router: str | None = None  # path inside a block to the router (its first output: the router logits)
+    # paths inside a block to the projections whose output rows make the ff neurons (gate and up; a fused
+    # gate_up has 2·width rows, neuron n at rows n and width + n): folding zeroes them too (see save.fold)
+    ff_in: tuple[str, ...] = ()
 
     def out_proj(self, model: nn.Module, layer: int, kind: str) -> nn.Module:
         """The module whose input holds the neurons of ``kind`` (for ``expert``: the experts module)."""
@@ -56,6 +59,11 @@ class Adapter:
             )
         block = self.blocks(model)[layer]
         return _get(block, self.ff_out if kind == "ff" else self.attn_out)
+
+    def ff_inputs(self, model: nn.Module, layer: int) -> list[nn.Module]:
+        """The projections whose output rows make the ff neurons of ``layer`` (gate and up, or the first MLP layer)."""
+        block = self.blocks(model)[layer]
+        return [_get(block, path) for path in self.ff_in]
 
     def has(self, kind: str) -> bool:
         """Whether this family has neurons of ``kind``."""
@@ -115,7 +123,7 @@ def in_features(mod: nn.Module, conv1d: bool) -> int:
     return mod.weight.shape[0] if conv1d else mod.weight.shape[1]
 
 
-_GATED = dict(ff_out="mlp.down_proj", attn_out="self_attn.o_proj")
+_GATED = dict(ff_out="mlp.down_proj", attn_out="self_attn.o_proj", ff_in=("mlp.gate_proj", "mlp.up_proj"))
 
 # model_type -> adapter. Families sharing Llama's layout differ only in which bias flags their config has.
 ADAPTERS: dict[str, Adapter] = {
@@ -123,12 +131,13 @@ ADAPTERS: dict[str, Adapter] = {
     "mistral": Adapter("mistral", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
     "qwen2": Adapter("qwen2", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
     "gemma": Adapter("gemma", "model.layers", **_GATED, ff_bias=None, attn_bias="attention_bias"),
-    "phi3": Adapter("phi3", "model.layers", **_GATED, ff_bias=None, attn_bias=None),
+    "phi3": Adapter("phi3", "model.layers", **{**_GATED, "ff_in": ("mlp.gate_up_proj",)}, ff_bias=None, attn_bias=None),
     "gpt2": Adapter(
         "gpt2",
         "transformer.h",
         ff_out="mlp.c_proj",
         attn_out="attn.c_proj",
+        ff_in=("mlp.c_fc",),
         ff_bias="always",
         attn_bias="always",
         conv1d=True,
@@ -138,6 +147,7 @@ ADAPTERS: dict[str, Adapter] = {
         "gpt_neox",
         "gpt_neox.layers",
         ff_out="mlp.dense_4h_to_h",
+        ff_in=("mlp.dense_h_to_4h",),
         attn_out="attention.dense",
         ff_bias="always",
         attn_bias="always",
@@ -147,6 +157,7 @@ ADAPTERS: dict[str, Adapter] = {
         "opt",
         "model.decoder.layers",
         ff_out="fc2",
+        ff_in=("fc1",),
         attn_out="self_attn.out_proj",
         ff_bias="enable_bias",
         attn_bias="enable_bias",
@@ -158,6 +169,7 @@ ADAPTERS: dict[str, Adapter] = {
         "vit",
         "vit.layers",
         ff_out="mlp.fc2",
+        ff_in=("mlp.fc1",),
         attn_out="attention.o_proj",
         ff_bias="always",
         attn_bias="always",
@@ -170,7 +182,14 @@ _MOE = dict(attn_out="self_attn.o_proj", experts="mlp.experts", router="mlp.gate
 ADAPTERS.update(
     {
         # Qwen2-MoE also has an always-on shared expert, an ordinary gated MLP: its neurons are the ff kind
-        "qwen2_moe": Adapter("qwen2_moe", "model.layers", ff_out="mlp.shared_expert.down_proj", attn_bias=None, **_MOE),
+        "qwen2_moe": Adapter(
+            "qwen2_moe",
+            "model.layers",
+            ff_out="mlp.shared_expert.down_proj",
+            attn_bias=None,
+            **_MOE,
+            ff_in=("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),
+        ),
         "qwen3_moe": Adapter("qwen3_moe", "model.layers", ff_out=None, attn_bias="attention_bias", **_MOE),
         "mixtral": Adapter("mixtral", "model.layers", ff_out=None, attn_bias=None, **_MOE),
         "olmoe": Adapter("olmoe", "model.layers", ff_out=None, attn_bias="attention_bias", **_MOE),

@@ -119,10 +119,17 @@ def mask_neurons(module: nn.Module, pruned: torch.Tensor, fill: torch.Tensor, sw
 
 @torch.no_grad()
 def zero_neurons(module: nn.Module, idx: torch.Tensor) -> None:
-    """Fold the zero ablation of expert neurons ``idx`` (flat indices) into ``down_proj``: their columns set to 0."""
+    """Fold the zero ablation of expert neurons ``idx`` (flat indices): their columns of ``down_proj`` and their
+    gate and up rows of ``gate_up_proj`` (and its bias) set to 0, so no gradient through them is left."""
     _, width = check_layout(module)
     idx = idx.to(module.down_proj.device)
-    module.down_proj[idx // width, :, idx % width] = 0
+    expert, j = idx // width, idx % width
+    module.down_proj[expert, :, j] = 0
+    bias = getattr(module, "gate_up_proj_bias", None)
+    for rows in (j, j + width):
+        module.gate_up_proj[expert, rows, :] = 0
+        if isinstance(bias, torch.Tensor):
+            bias[expert, rows] = 0
 
 
 def router_choice(output, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:

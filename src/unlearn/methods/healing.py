@@ -5,6 +5,7 @@ under a forget floor that keeps the forget data as unlikely as pruning left it (
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 
@@ -41,6 +42,27 @@ def body_parameters(model) -> list:
     return [p for p in model.parameters() if id(p) not in vocab]
 
 
+def frozen_copy(model, cfg):
+    """A frozen copy of ``model`` to distil from. The token embeddings and the LM head are shared with ``model``
+    unless ``cfg.heal_embeddings`` (they then never train; 113 MB less for SmolLM2-135M in float32)."""
+    kept = {} if cfg.heal_embeddings else {id(p): p for p in vocabulary_parameters(model)}
+    return copy.deepcopy(model, memo=kept).eval().requires_grad_(False)
+
+
+def short_training(ctx, retain_split, **overrides):
+    """``ctx`` as a short training run on ``retain_split``: no checkpoints (it restarts on --resume), no budget."""
+    from .context import TrainingData
+
+    return ctx.training(
+        retain=TrainingData(retain_split),
+        save_checkpoint=None,
+        resumed=None,
+        budgeted=False,
+        check_budget=None,
+        **overrides,
+    )
+
+
 def heal(ctx, ablation: Ablation, cfg, retain_split) -> MethodResult:
     """Prune-then-heal: train the model on ``retain_split`` (the retain statistics chunks, or the
     ``heal_tokens`` chunks: :meth:`~unlearn.api.MethodContext.training_split`) with ``ablation`` applied: towards
@@ -59,7 +81,6 @@ def heal(ctx, ablation: Ablation, cfg, retain_split) -> MethodResult:
     from ..data.chunking import tokens_sha256
     from ..eval.metrics import mean_loss
     from ..models.hooks import Switch, ablated
-    from .context import TrainingData
     from .training import TrainConfig, train
 
     tcfg = TrainConfig(
@@ -70,10 +91,7 @@ def heal(ctx, ablation: Ablation, cfg, retain_split) -> MethodResult:
         lora=cfg.heal_lora,
         sam_rho=cfg.heal_sam_rho,
     )
-    # healing is short: it restarts on --resume
-    view = ctx.training(
-        retain=TrainingData(retain_split), save_checkpoint=None, resumed=None, budgeted=False, check_budget=None
-    )
+    view = short_training(ctx, retain_split)
     switch = Switch()
     retain_loss = _retain_loss(ctx, cfg, switch)  # before the ablation hooks go on: KL's frozen copy is unpruned
     lora_hooks = contextlib.ExitStack()
@@ -112,14 +130,7 @@ def _retain_loss(ctx, cfg, switch):
 
     # KL healing distils from the model as it was before pruning: with LoRA, the same model with its adapters and
     # ablation hooks off; otherwise a frozen copy, taken before the ablation hooks go on
-    original = None
-    if cfg.heal_target == "kl" and not cfg.heal_lora:
-        import copy
-
-        # the token embeddings and the LM head keep their weights unless heal_embeddings: the copy shares them
-        # (113 MB less for SmolLM2-135M in float32)
-        kept = {} if cfg.heal_embeddings else {id(p): p for p in vocabulary_parameters(ctx.model)}
-        original = copy.deepcopy(ctx.model, memo=kept).eval().requires_grad_(False)
+    original = frozen_copy(ctx.model, cfg) if cfg.heal_target == "kl" and not cfg.heal_lora else None
 
     def reference_logits(model, batch):
         with torch.no_grad():

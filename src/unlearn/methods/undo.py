@@ -10,8 +10,6 @@ utility back; the paper distils for much of a pretraining budget, far more than 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 
@@ -35,22 +33,12 @@ def distil(ctx, model, ablation, cfg, retain_split):
     and distilled from the teacher for ``cfg.undo_steps`` steps on ``retain_split``. Returns the training result."""
     from ..models.hooks import ablated
     from . import losses
-    from .context import TrainingData
-    from .healing import body_parameters, model_inputs, vocabulary_parameters
+    from .healing import body_parameters, frozen_copy, model_inputs, short_training
     from .training import TrainConfig, train
 
-    # the teacher shares the token embeddings and LM head with the student while they do not train
-    shared = {} if cfg.heal_embeddings else {id(p): p for p in vocabulary_parameters(model)}
-    teacher = copy.deepcopy(model, memo=shared).eval().requires_grad_(False)
+    teacher = frozen_copy(model, cfg)
     noised(model, cfg.undo_alpha, ctx.config.seed, body_parameters(model))
-    view = ctx.training(
-        model=model,
-        retain=TrainingData(retain_split),
-        save_checkpoint=None,
-        resumed=None,
-        budgeted=False,
-        check_budget=None,
-    )
+    view = short_training(ctx, retain_split, model=model)
     tcfg = TrainConfig(
         steps=cfg.undo_steps, lr=cfg.undo_lr, batch_size=cfg.heal_batch_size, checkpointing=cfg.heal_checkpointing
     )

@@ -12,6 +12,7 @@ Needs the optional ``lm-eval`` package: ``pip install lm-eval``.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -54,10 +55,19 @@ def _task_files(folders: list[str]) -> str:
     return fingerprint([(f, file_sha256(f)) for f in found])
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(folders: tuple[str, ...], files: str):
+    """The harness's task index (about 6 s: it reads its ~15k task YAMLs), built once per process for the same
+    ``--data`` folders and files (``files``, their fingerprint, keys the cache), not once per evaluation."""
+    _, _, TaskManager = _harness()
+    return TaskManager(include_path=list(folders) or None)
+
+
 def run(ctx: SuiteContext, cfg: HarnessConfig) -> dict:
-    lm_eval, HFLM, TaskManager = _harness()
+    lm_eval, HFLM, _ = _harness()
     folders = list(ctx.files.values())
-    manager = TaskManager(include_path=folders or None)
+    files = _task_files(folders)
+    manager = _task_manager(tuple(folders), files)
     unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
     if unknown:
         where = f" (nor in {', '.join(folders)})" if folders else ""
@@ -97,7 +107,7 @@ def run(ctx: SuiteContext, cfg: HarnessConfig) -> dict:
             n = (out.get("n-samples") or {}).get(task, {}).get("effective")
             return {"summary": {**metrics, "n": n}, "samples": []}
 
-        summary[task] = ctx.part(task, compute, data=_task_files(folders))["summary"]
+        summary[task] = ctx.part(task, compute, data=files)["summary"]
     return summary
 
 

@@ -71,3 +71,35 @@ def test_inverted_hinge():
     labels = torch.tensor([[-100, 1, 0]])
     # position 0: 1 + 0.5 − 0.3; position 1: 1 + 0.6 − 0.3
     assert L.inverted_hinge(logits, labels).item() == pytest.approx((1.2 + 1.3) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_overwriting_the_logits_gives_the_same_loss_and_gradient_to_the_bit(dtype):
+    """Healing's losses write the logits' gradient over the logits (one vocabulary-sized tensor less): the same
+    values and gradients as with a fresh gradient tensor, across several blocks of positions and unscored ones."""
+    torch.manual_seed(0)
+    z = (3 * torch.randn(2, 2 * L.KL_BLOCK + 5, 50)).to(dtype)
+    ref = (3 * torch.randn(2, 2 * L.KL_BLOCK + 5, 50)).to(dtype)
+    labels = torch.randint(0, 50, (2, 2 * L.KL_BLOCK + 5))
+    labels[0, :9] = L.IGNORE
+    for loss in (lambda x, **kw: L.kl_to_reference(x, ref, labels, **kw), lambda x, **kw: L.nll(x, labels, **kw)):
+        got = []
+        for overwrite in (False, True):
+            x = z.clone().requires_grad_()
+            y = x * 1  # the logits as a model makes them: a non-leaf tensor the loss alone reads
+            value = loss(y, overwrite=overwrite)
+            value.backward()
+            got.append((value, x.grad))
+        assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1])
+        assert got[1][1][:, -1].abs().sum() == 0  # the last position predicts nothing
+
+
+def test_overwriting_logits_another_node_saved_fails_loudly():
+    """Where something else in the graph kept the logits for a backward step that runs after the loss's, overwriting
+    them is refused by autograd's version check instead of feeding that step the gradient as if it were logits."""
+    x = torch.randn(1, 6, 10, requires_grad=True)
+    y = x * 1
+    labels = torch.randint(0, 10, (1, 6))
+    total = (y * y).sum() + L.nll(y, labels, overwrite=True)  # y * y saves y; the later-made loss runs first
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        total.backward()

@@ -14,17 +14,21 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(label_{t+1} | ≤ t) per position [B, T−1], mask of scored positions [B, T−1])."""
+def token_logprobs(
+    logits: torch.Tensor, labels: torch.Tensor, *, overwrite: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(label_{t+1} | ≤ t) per position [B, T−1], mask of scored positions [B, T−1]). ``overwrite``: the
+    backward pass writes the logits' gradient over the logits (:func:`_gradient_buffer`)."""
     targets = labels[:, 1:]
     mask = targets != IGNORE
-    lp = _BlockLogprob.apply(logits, targets.clamp_min(0))
+    lp = _BlockLogprob.apply(logits, targets.clamp_min(0), overwrite)
     return lp * mask, mask
 
 
-def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over scored tokens (the language-modelling loss)."""
-    lp, mask = token_logprobs(logits, labels)
+def nll(logits: torch.Tensor, labels: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+    """Mean negative log-likelihood over scored tokens (the language-modelling loss); ``overwrite`` as in
+    :func:`token_logprobs`."""
+    lp, mask = token_logprobs(logits, labels, overwrite=overwrite)
     return -lp.sum() / mask.sum().clamp_min(1)
 
 
@@ -49,16 +53,19 @@ def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Te
     return kl.mean()
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def kl_to_reference(
+    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, *, overwrite: bool = False
+) -> torch.Tensor:
     """Mean over scored positions of KL(p_ref ‖ p_model) of the next-token distributions: prune-then-heal's
     distillation loss (selective pruning's ``heal_target="kl"``), which heals only the positions it scores. The
     trained methods' KL retain term is :func:`kl_all_positions`.
 
     Computed in float32 a block of positions at a time (:class:`_BlockKL`): no vocabulary-sized float32 tensor of
     the whole batch is made, in the forward or the backward pass (each would be 100 MB for 2 × 256 tokens of a
-    49k vocabulary), and only the logits themselves are kept for the backward pass."""
+    49k vocabulary), and only the logits themselves are kept for the backward pass; with ``overwrite`` the
+    gradient is written over them (:func:`_gradient_buffer`), one such tensor less."""
     mask = labels[:, 1:] != IGNORE
-    kl = _BlockKL.apply(logits, ref_logits.detach())
+    kl = _BlockKL.apply(logits, ref_logits.detach(), overwrite)
     return (kl * mask).sum() / mask.sum().clamp_min(1)
 
 
@@ -73,7 +80,8 @@ class _BlockKL(torch.autograd.Function):
     position (no next token) gets none."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, ref_logits: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        ctx.overwrite = overwrite
         b, t, _ = logits.shape
         out = torch.empty(b, t - 1, dtype=torch.float32, device=logits.device)
         for i, j, k in _blocks(b, t - 1):
@@ -90,14 +98,14 @@ class _BlockKL(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         logits, ref_logits = ctx.saved_tensors
         b, t, _ = logits.shape
-        out = torch.zeros_like(logits)
+        out = _gradient_buffer(logits, ctx.overwrite)
         for i, j, k in _blocks(b, t - 1):
             p_ref = torch.log_softmax(ref_logits[i, j:k].float(), -1).exp()  # as the forward made it
             lp = torch.log_softmax(logits[i, j:k].float(), -1)
             # autograd's own steps for −Σ p_ref·log_softmax(z), so the gradient is the unblocked one to the bit
             g_lp = -grad[i, j:k, None] * p_ref
             out[i, j:k] = torch._log_softmax_backward_data(g_lp, lp, -1, torch.float32).to(out.dtype)
-        return out, None
+        return out, None, None
 
 
 class _BlockLogprob(torch.autograd.Function):
@@ -107,7 +115,8 @@ class _BlockLogprob(torch.autograd.Function):
     tensors of the whole batch."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+        ctx.overwrite = overwrite
         b, t, _ = logits.shape
         out = torch.empty(b, t - 1, dtype=torch.float32, device=logits.device)
         for i, j, k in _blocks(b, t - 1):
@@ -120,13 +129,26 @@ class _BlockLogprob(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         logits, targets = ctx.saved_tensors
         b, t, v = logits.shape
-        out = torch.zeros_like(logits)
+        out = _gradient_buffer(logits, ctx.overwrite)
         for i, j, k in _blocks(b, t - 1):
             lp = torch.log_softmax(logits[i, j:k].float(), -1)
             g_lp = torch.zeros(k - j, v, dtype=torch.float32, device=logits.device)
             g_lp.scatter_add_(-1, targets[i, j:k, None], grad[i, j:k, None].float())
             out[i, j:k] = torch._log_softmax_backward_data(g_lp, lp, -1, torch.float32).to(out.dtype)
-        return out, None
+        return out, None, None
+
+
+def _gradient_buffer(logits: torch.Tensor, overwrite: bool) -> torch.Tensor:
+    """Where a blocked loss's backward pass writes the logits' gradient: a fresh zero tensor, or (``overwrite``)
+    the logits themselves, each block written after it was read and the last position (no next token) zeroed.
+    Overwriting saves one vocabulary-sized tensor of the whole batch (100 MB for 2 × 256 tokens of a 49k
+    vocabulary in float32) and is right only where nothing reads these logits after the loss; a backward step
+    that saved them and runs after this one fails loudly on their changed version instead of reading the gradient
+    as logits."""
+    if not overwrite:
+        return torch.zeros_like(logits)
+    logits[:, -1].zero_()
+    return logits
 
 
 def _blocks(batch: int, positions: int):

@@ -46,7 +46,8 @@ def distil(ctx, model, ablation, cfg, retain_split):
     def loss(model, _forget, retain, _reference):
         with torch.no_grad():
             target = teacher(**model_inputs(retain)).logits
-        return losses.kl_to_reference(model(**model_inputs(retain)).logits, target, retain["labels"]), {}
+        logits = model(**model_inputs(retain)).logits
+        return losses.kl_to_reference(logits, target, retain["labels"], overwrite=True), {}
 
     with ablated(model, ctx.adapter, ablation), ablated(teacher, ctx.adapter, ablation):
         return train(view, tcfg, loss, trainable=None if cfg.heal_embeddings else body_parameters)

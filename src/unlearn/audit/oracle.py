@@ -53,7 +53,7 @@ def relearn_curve(model, split: TokenSplit, *, steps: int, lr: float, batch_size
 
     def loss(m, batch, _retain, _reference):
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"]), {}
+        return losses.nll(logits, batch["labels"], overwrite=True), {}
 
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=every, lora=lora)
     result = train(ctx, cfg, loss)

@@ -32,9 +32,12 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, *, overwrite: bool = False) 
     return -lp.sum() / mask.sum().clamp_min(1)
 
 
-def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log π(y|x) = Σ_t log p(y_t) per sequence [B], number of scored tokens per sequence [B])."""
-    lp, mask = token_logprobs(logits, labels)
+def sequence_logprob(
+    logits: torch.Tensor, labels: torch.Tensor, *, overwrite: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π(y|x) = Σ_t log p(y_t) per sequence [B], number of scored tokens per sequence [B]); ``overwrite`` as
+    in :func:`token_logprobs`."""
+    lp, mask = token_logprobs(logits, labels, overwrite=overwrite)
     return lp.sum(-1), mask.sum(-1)
 
 

@@ -22,6 +22,8 @@ RetainLoss = Literal["none", "nll", "kl"]
 
 
 def forward_logits(model, batch):
+    """The model's logits on ``batch``. The losses take them with ``overwrite=True`` wherever nothing else reads
+    them: the backward pass then writes their gradient over them, a vocabulary-sized tensor less per term."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
@@ -30,7 +32,7 @@ def retain_term(kind: str, model, batch, reference) -> torch.Tensor | None:
         return None
     logits = forward_logits(model, batch)
     if kind == "nll":
-        return L.nll(logits, batch["labels"])
+        return L.nll(logits, batch["labels"], overwrite=True)
     with torch.no_grad():
         ref = forward_logits(reference, batch)
     return L.kl_all_positions(logits, ref)
@@ -51,7 +53,7 @@ class GradientAscentConfig(TrainConfig):
 @register("gradient-ascent", GradientAscentConfig, "gradient ascent: maximise the forget NLL (Jang et al. 2023)")
 def gradient_ascent(ctx, cfg: GradientAscentConfig):
     def loss(model, forget, retain, reference):
-        f = -L.nll(forward_logits(model, forget), forget["labels"])
+        f = -L.nll(forward_logits(model, forget), forget["labels"], overwrite=True)
         return f, {"forget_loss": f.detach()}
 
     return train(ctx.training(), cfg, loss)
@@ -66,7 +68,7 @@ class GradDiffConfig(TrainConfig):
 @register("graddiff", GradDiffConfig, "gradient difference: γ·(−NLL forget) + α·(NLL or KL) retain (Liu et al. 2022)")
 def graddiff(ctx, cfg: GradDiffConfig):
     def loss(model, forget, retain, reference):
-        f = -L.nll(forward_logits(model, forget), forget["labels"])
+        f = -L.nll(forward_logits(model, forget), forget["labels"], overwrite=True)
         return combine(f, retain_term(cfg.retain_loss, model, retain, reference), cfg.gamma, cfg.alpha)
 
     return train(ctx.training(), cfg, loss, needs_reference=cfg.retain_loss == "kl")
@@ -86,7 +88,7 @@ class NPOConfig(RetainTermConfig):
 @register("npo", NPOConfig, "negative preference optimisation against the frozen original (Zhang et al. 2024)")
 def npo(ctx, cfg: NPOConfig):
     def loss(model, forget, retain, reference):
-        logp, _ = L.sequence_logprob(forward_logits(model, forget), forget["labels"])
+        logp, _ = L.sequence_logprob(forward_logits(model, forget), forget["labels"], overwrite=True)
         with torch.no_grad():
             ref_logp, _ = L.sequence_logprob(forward_logits(reference, forget), forget["labels"])
         f = L.npo(logp, ref_logp, cfg.beta)
@@ -103,7 +105,7 @@ class SimNPOConfig(RetainTermConfig):
 @register("simnpo", SimNPOConfig, "SimNPO: reference-free, length-normalised NPO (Fan et al. 2024)")
 def simnpo(ctx, cfg: SimNPOConfig):
     def loss(model, forget, retain, reference):
-        logp, n = L.sequence_logprob(forward_logits(model, forget), forget["labels"])
+        logp, n = L.sequence_logprob(forward_logits(model, forget), forget["labels"], overwrite=True)
         f = L.simnpo(logp, n, cfg.beta, cfg.delta)
         return combine(f, retain_term(cfg.retain_loss, model, retain, reference), 1.0, cfg.alpha)
 
@@ -248,7 +250,7 @@ def idk_dpo(ctx, cfg: IdkDPOConfig):
     def loss(model, forget, retain, reference):
         # each row is [original answer row | refusal row] (see _refusal_pairs): split it back into the two
         rows = {k: torch.cat([v[:, :half], v[:, half:]]) for k, v in forget.items()}
-        logp, _ = L.sequence_logprob(forward_logits(model, rows), rows["labels"])
+        logp, _ = L.sequence_logprob(forward_logits(model, rows), rows["labels"], overwrite=True)
         with torch.no_grad():
             ref, _ = L.sequence_logprob(forward_logits(reference, rows), rows["labels"])
         n = len(forget["input_ids"])

@@ -383,7 +383,7 @@ def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter, trainable=
 
     def loss(m, batch, _retain, _reference):
         logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"]), {}
+        return losses.nll(logits, batch["labels"], overwrite=True), {}
 
     return train(ctx, cfg, loss, trainable=trainable, autocast=autocast)
 

@@ -30,9 +30,8 @@ def relearn_curve(model, split: TokenSplit, *, steps: int, lr: float, batch_size
     constant learning rate; LoRA adapters with ``lora``, merged at the end) and ``evaluate(model)`` it after each
     of ``at_steps`` (≤ ``steps``). Returns (final model in the input's dtype, per-step log, {step: evaluation}).
     With a constant schedule the model after k steps of a longer run is the model a k-step run ends with."""
-    from ..methods import losses
     from ..methods.context import Training, TrainingData
-    from ..methods.training import TrainConfig, train
+    from ..methods.training import TrainConfig, next_token_loss, train
 
     if len(split.input_ids) == 0:
         raise UnlearnError("no rows to relearn on")
@@ -51,12 +50,8 @@ def relearn_curve(model, split: TokenSplit, *, steps: int, lr: float, batch_size
     ctx = Training(model=copy.deepcopy(model), forget=TrainingData(split), retain=None, seed=seed, reporter=reporter,
                    evaluate=checkpoint)  # fmt: skip
 
-    def loss(m, batch, _retain, _reference):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"], overwrite=True), {}
-
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=every, lora=lora)
-    result = train(ctx, cfg, loss)
+    result = train(ctx, cfg, next_token_loss)
     tuned = result.model.to(dtype).eval().requires_grad_(False)
     if steps in set(at_steps):
         found[steps] = evaluate(tuned)

@@ -119,10 +119,9 @@ def heal(ctx, ablation: Ablation, cfg, retain_split) -> MethodResult:
 
 
 def _nll(model, batch):
-    from . import losses
+    from .training import next_token_loss
 
-    # the logits are this loss's alone: their gradient is written over them (a 100 MB tensor less at the peak)
-    return losses.nll(model(**model_inputs(batch)).logits, batch["labels"], overwrite=True)
+    return next_token_loss(model, batch)[0]
 
 
 def _retain_loss(ctx, cfg, switch):

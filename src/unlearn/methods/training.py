@@ -376,16 +376,19 @@ class _Loop:
 def fine_tune(model, split, cfg: TrainConfig, *, seed: int, reporter, trainable=None, autocast=None) -> MethodResult:
     """Plain next-token fine-tuning of ``model`` (in place) on the scored tokens of ``split`` with :func:`train`:
     what ``unlearn learn`` and the audit's relearning attack do (``trainable`` and ``autocast``: see there)."""
-    from . import losses
     from .context import Training, TrainingData
 
     ctx = Training(model=model, forget=TrainingData(split), retain=None, seed=seed, reporter=reporter)
+    return train(ctx, cfg, next_token_loss, trainable=trainable, autocast=autocast)
 
-    def loss(m, batch, _retain, _reference):
-        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return losses.nll(logits, batch["labels"], overwrite=True), {}
 
-    return train(ctx, cfg, loss, trainable=trainable, autocast=autocast)
+def next_token_loss(model, batch, _retain=None, _reference=None):
+    """The next-token NLL of ``batch`` as a :func:`train` loss (:func:`fine_tune`'s, the oracle's, healing's): the
+    logits are this loss's alone, so their gradient is written over them (``overwrite``)."""
+    from . import losses
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return losses.nll(logits, batch["labels"], overwrite=True), {}
 
 
 def _accelerator(grad_accum: int, cpu: bool):
